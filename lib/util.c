@@ -1,0 +1,333 @@
+/* util.c: errors, allocation, checked I/O and atomic outputs. */
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+const char *upc_progname = "upcyc";
+
+/* Temporary outputs to remove on failure. Fixed size: a tool has a handful. */
+#define MAX_TMP 64
+static char *tmp_paths[MAX_TMP];
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+int upc_rm_rf(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : -1;
+    if (!S_ISDIR(st.st_mode))
+        return unlink(path);
+    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void remove_tmp_outputs(void)
+{
+    for (int i = 0; i < MAX_TMP; i++)
+        if (tmp_paths[i]) {
+            upc_rm_rf(tmp_paths[i]);
+            tmp_paths[i] = NULL;
+        }
+}
+
+static void on_signal(int sig)
+{
+    remove_tmp_outputs();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void upc_init(const char *progname)
+{
+    const char *slash = strrchr(progname, '/');
+    upc_progname = slash ? slash + 1 : progname;
+    int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+        signal(sigs[i], on_signal);
+    /* A closed pipe is an ordinary write error, reported by the writer. */
+    signal(SIGPIPE, SIG_IGN);
+    /* A file-size limit is a full disk by another name: report, clean up. */
+    signal(SIGXFSZ, SIG_IGN);
+}
+
+void upc_vwarn(const char *fmt, va_list ap)
+{
+    fflush(stdout);
+    fprintf(stderr, "%s: ", upc_progname);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void upc_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    upc_vwarn(fmt, ap);
+    va_end(ap);
+}
+
+void upc_fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    upc_vwarn(fmt, ap);
+    va_end(ap);
+    remove_tmp_outputs();
+    exit(code);
+}
+
+void upc_tmp_register(const char *path)
+{
+    for (int i = 0; i < MAX_TMP; i++)
+        if (!tmp_paths[i]) {
+            tmp_paths[i] = upc_strdup(path);
+            return;
+        }
+    upc_fail(EX_SOFTWARE, "too many temporary outputs");
+}
+
+void upc_tmp_unregister(const char *path)
+{
+    for (int i = 0; i < MAX_TMP; i++)
+        if (tmp_paths[i] && strcmp(tmp_paths[i], path) == 0) {
+            free(tmp_paths[i]);
+            tmp_paths[i] = NULL;
+        }
+}
+
+void *upc_malloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        upc_fail(EX_OSERR, "out of memory (%zu bytes)", n);
+    return p;
+}
+
+void *upc_calloc(size_t count, size_t size)
+{
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p)
+        upc_fail(EX_OSERR, "out of memory (%zu x %zu bytes)", count, size);
+    return p;
+}
+
+void *upc_realloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        upc_fail(EX_OSERR, "out of memory (%zu bytes)", n);
+    return q;
+}
+
+char *upc_strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    return memcpy(upc_malloc(n), s, n);
+}
+
+void upc_grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return;
+    size_t c = *cap ? *cap : 16;
+    while (c < need)
+        c *= 2;
+    *p = upc_realloc(*p, c * elem);
+    *cap = c;
+}
+
+void upc_refuse_tty(FILE *fp, const char *what)
+{
+    if (isatty(fileno(fp)))
+        upc_fail(EX_USAGE, "refusing to write %s to a terminal; redirect stdout or give an output path", what);
+}
+
+void upc_out_open(upc_out *o, const char *path)
+{
+    memset(o, 0, sizeof *o);
+    if (!path || strcmp(path, "-") == 0) {
+        o->fp = stdout;
+        return;
+    }
+    o->path = upc_strdup(path);
+    size_t n = strlen(path) + 32;
+    o->tmp = upc_malloc(n);
+    snprintf(o->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    o->fp = fopen(o->tmp, "wb");
+    if (!o->fp)
+        upc_fail(errno == ENOENT || errno == ENOTDIR ? EX_CANTCREAT : EX_CANTCREAT,
+                 "%s: cannot create: %s", path, strerror(errno));
+    upc_tmp_register(o->tmp);
+}
+
+const char *upc_out_name(const upc_out *o)
+{
+    return o->path ? o->path : "stdout";
+}
+
+void upc_out_write(upc_out *o, const void *buf, size_t n)
+{
+    if (n && fwrite(buf, 1, n, o->fp) != n)
+        upc_fail(EX_IOERR, "%s: write failed: %s", upc_out_name(o), strerror(errno));
+}
+
+void upc_out_commit(upc_out *o)
+{
+    if (fflush(o->fp) != 0)
+        upc_fail(EX_IOERR, "%s: write failed: %s", upc_out_name(o), strerror(errno));
+    if (!o->path) {
+        /* stdout: a pipe or a file; fsync errors on pipes are meaningless. */
+        if (ferror(o->fp))
+            upc_fail(EX_IOERR, "stdout: write failed");
+        return;
+    }
+    if (fsync(fileno(o->fp)) != 0 && errno != EINVAL)
+        upc_fail(EX_IOERR, "%s: fsync failed: %s", o->path, strerror(errno));
+    if (fclose(o->fp) != 0)
+        upc_fail(EX_IOERR, "%s: write failed: %s", o->path, strerror(errno));
+    o->fp = NULL;
+    if (rename(o->tmp, o->path) != 0)
+        upc_fail(EX_IOERR, "%s: cannot rename into place: %s", o->path, strerror(errno));
+    upc_tmp_unregister(o->tmp);
+    free(o->tmp);
+    free(o->path);
+    o->tmp = o->path = NULL;
+}
+
+FILE *upc_open_in(const char *path)
+{
+    if (!path || strcmp(path, "-") == 0)
+        return stdin;
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        upc_fail(EX_NOINPUT, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(fp), &st) == 0 && S_ISDIR(st.st_mode))
+        upc_fail(EX_NOINPUT, "%s: is a directory, expected a file", path);
+    return fp;
+}
+
+char *upc_read_file(const char *path, size_t *len)
+{
+    FILE *fp = upc_open_in(path);
+    size_t cap = 1 << 16, n = 0;
+    char *buf = upc_malloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) {
+            cap *= 2;
+            buf = upc_realloc(buf, cap);
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, fp);
+        n += got;
+        if (got == 0) {
+            if (ferror(fp))
+                upc_fail(EX_IOERR, "%s: read failed: %s", path ? path : "stdin", strerror(errno));
+            break;
+        }
+    }
+    if (fp != stdin)
+        fclose(fp);
+    buf[n] = 0;
+    if (len)
+        *len = n;
+    return buf;
+}
+
+void upc_write_fd(int fd, const void *buf, size_t n, const char *what)
+{
+    const char *p = buf;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            upc_fail(EX_IOERR, "%s: write failed: %s", what, strerror(errno));
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+void upc_mkdirs(const char *path)
+{
+    char buf[PATH_MAX];
+    if (strlen(path) >= sizeof buf)
+        upc_fail(EX_USAGE, "%s: path too long", path);
+    strcpy(buf, path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            upc_fail(EX_CANTCREAT, "%s: cannot create directory: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        upc_fail(EX_CANTCREAT, "%s: cannot create directory: %s", buf, strerror(errno));
+}
+
+void upc_fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return;
+    fsync(fd);
+    close(fd);
+}
+
+long long upc_parse_int(const char *opt, const char *s, long long lo, long long hi)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    /* Accept binary suffixes: 64k, 16M, 2G. */
+    if (end != s && (*end == 'k' || *end == 'K')) { v *= 1024; end++; }
+    else if (end != s && (*end == 'm' || *end == 'M')) { v *= 1024 * 1024; end++; }
+    else if (end != s && (*end == 'g' || *end == 'G')) { v *= 1024LL * 1024 * 1024; end++; }
+    if (end == s || *end || errno || v < lo || v > hi)
+        upc_fail(EX_USAGE, "%s: expected an integer in [%lld, %lld], got '%s'", opt, lo, hi, s);
+    return v;
+}
+
+double upc_parse_double(const char *opt, const char *s, double lo, double hi)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end || errno || !(v >= lo && v <= hi))
+        upc_fail(EX_USAGE, "%s: expected a number in [%g, %g], got '%s'", opt, lo, hi, s);
+    return v;
+}
+
+uint64_t upc_hash64(const void *data, size_t n, uint64_t seed)
+{
+    return XXH64(data, n, seed);
+}
+
+int upc_is_help(const char *arg)
+{
+    return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0;
+}
+
+int upc_is_version(const char *arg)
+{
+    return strcmp(arg, "--version") == 0;
+}
+
+void upc_print_version(void)
+{
+    printf("%s (upcyc) %s\n", upc_progname, UPCYC_VERSION);
+}

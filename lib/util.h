@@ -1,0 +1,93 @@
+/* util.h: what every tool shares: error reporting with sysexits codes,
+ * checked allocation, checked I/O, and output files that appear atomically. */
+#ifndef UPCYC_UTIL_H
+#define UPCYC_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sysexits.h>
+
+#define UPCYC_VERSION "0.1.0"
+
+/* The tool's name, used as the first word of every message on stderr. */
+extern const char *upc_progname;
+
+/* Set the tool name and install the handlers that remove temporary outputs
+ * when the run is interrupted (SIGINT, SIGTERM, SIGHUP, SIGPIPE). */
+void upc_init(const char *progname);
+
+/* Print "tool: message" on stderr, remove every registered temporary output,
+ * exit with code (one of <sysexits.h>). */
+void upc_fail(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+/* Print "tool: message" on stderr and go on. */
+void upc_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void upc_vwarn(const char *fmt, va_list ap);
+
+void *upc_malloc(size_t n);
+void *upc_calloc(size_t count, size_t size);
+void *upc_realloc(void *p, size_t n);
+char *upc_strdup(const char *s);
+/* Grow *p (of *cap elements of size elem) to hold at least need elements. */
+void upc_grow(void **p, size_t *cap, size_t need, size_t elem);
+
+/* Temporary outputs: a path registered here is removed (recursively for a
+ * directory) if the tool fails or is interrupted before it unregisters it. */
+void upc_tmp_register(const char *path);
+void upc_tmp_unregister(const char *path);
+
+/* An output file that appears under its final name only when complete:
+ * written to "PATH.tmp.PID", fsynced and renamed by upc_out_commit. A path of
+ * "-" or NULL means stdout, written directly. Every write error (full disk,
+ * closed pipe) fails the tool with EX_IOERR naming the file. */
+typedef struct {
+    FILE *fp;
+    char *path;     /* final name, NULL for stdout */
+    char *tmp;      /* temporary name, NULL for stdout */
+} upc_out;
+
+void upc_out_open(upc_out *o, const char *path);
+void upc_out_write(upc_out *o, const void *buf, size_t n);
+void upc_out_commit(upc_out *o);
+const char *upc_out_name(const upc_out *o);
+
+/* Refuse to write binary data to a terminal. */
+void upc_refuse_tty(FILE *fp, const char *what);
+
+/* Open for reading ("-" or NULL is stdin); fails with EX_NOINPUT naming path. */
+FILE *upc_open_in(const char *path);
+/* Read a whole file into memory (NUL-terminated; *len excludes the NUL). */
+char *upc_read_file(const char *path, size_t *len);
+/* Write all of buf to fd or fail naming what. */
+void upc_write_fd(int fd, const void *buf, size_t n, const char *what);
+
+/* Create a directory (and its parents) or fail. */
+void upc_mkdirs(const char *path);
+/* Remove a file or directory tree; returns 0 on success. */
+int upc_rm_rf(const char *path);
+/* fsync a directory so a rename inside it is durable. */
+void upc_fsync_dir(const char *dir);
+
+/* Parse helpers for options: fail with EX_USAGE naming the option. */
+long long upc_parse_int(const char *opt, const char *s, long long lo, long long hi);
+double upc_parse_double(const char *opt, const char *s, double lo, double hi);
+
+/* A stable 64-bit hash (xxh64) for splits, digests and shuffles. */
+uint64_t upc_hash64(const void *data, size_t n, uint64_t seed);
+
+/* splitmix64: a tiny seeded generator; same seed, same sequence everywhere. */
+static inline uint64_t upc_splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Standard option handling every tool shares. */
+int upc_is_help(const char *arg);
+int upc_is_version(const char *arg);
+void upc_print_version(void);
+
+#endif
