@@ -19,7 +19,7 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 
 ALL_CFLAGS  = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -pthread -Ilib $(CFLAGS)
-LDLIBS      = -lmsgpackc -lzstd -lpcre2-8 -ljansson -lxxhash -lm
+LDLIBS      = -lmsgpackc -lzstd -lpcre2-8 -ljansson -lxxhash -lopenblas -lm
 ALL_LDFLAGS = -fopenmp -pthread $(LDFLAGS)
 
 LIB_SRC   := $(wildcard lib/*.c)
@@ -38,7 +38,7 @@ ifeq ($(CUDA)$(if $(GPU_SRC),y,n),1y)
 GPU_LIB := $(BUILD)/libupcyc_gpu.a
 endif
 
-.PHONY: all test demo deps clean check-sanitize gpu-check
+.PHONY: all test demo deps clean check-sanitize
 all: $(TOOL_BINS) $(UNIT_BINS) $(GPU_LIB)
 
 $(BUILD)/%.o: %.c $(wildcard lib/*.h) | $(BUILD)/lib $(BUILD)/tools $(BUILD)/tests/unit

@@ -6,8 +6,10 @@
 #include <ftw.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -34,18 +36,21 @@ int upc_rm_rf(const char *path)
     return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static void remove_tmp_outputs(void)
+/* From a signal handler release is false: free is not async-signal-safe. */
+static void remove_tmp_outputs(bool release)
 {
     for (int i = 0; i < MAX_TMP; i++)
         if (tmp_paths[i]) {
             upc_rm_rf(tmp_paths[i]);
+            if (release)
+                free(tmp_paths[i]);
             tmp_paths[i] = NULL;
         }
 }
 
 static void on_signal(int sig)
 {
-    remove_tmp_outputs();
+    remove_tmp_outputs(false);
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -85,7 +90,7 @@ void upc_fail(int code, const char *fmt, ...)
     va_start(ap, fmt);
     upc_vwarn(fmt, ap);
     va_end(ap);
-    remove_tmp_outputs();
+    remove_tmp_outputs(true);
     exit(code);
 }
 
@@ -330,4 +335,42 @@ int upc_is_version(const char *arg)
 void upc_print_version(void)
 {
     printf("%s (upcyc) %s\n", upc_progname, UPCYC_VERSION);
+}
+
+void upc_map_file(upc_mapped *m, const char *path)
+{
+    memset(m, 0, sizeof *m);
+    if (path && strcmp(path, "-") != 0) {
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            upc_fail(EX_NOINPUT, "%s: cannot open: %s", path, strerror(errno));
+        struct stat st;
+        if (fstat(fd, &st) != 0)
+            upc_fail(EX_IOERR, "%s: cannot stat: %s", path, strerror(errno));
+        if (S_ISDIR(st.st_mode))
+            upc_fail(EX_NOINPUT, "%s: is a directory, expected a file", path);
+        if (S_ISREG(st.st_mode)) {
+            m->len = (size_t)st.st_size;
+            if (m->len) {
+                m->map = mmap(NULL, m->len, PROT_READ, MAP_PRIVATE, fd, 0);
+                if (m->map == MAP_FAILED)
+                    upc_fail(EX_IOERR, "%s: cannot map: %s", path, strerror(errno));
+                madvise(m->map, m->len, MADV_SEQUENTIAL);
+            }
+            m->data = m->map ? m->map : "";
+            close(fd);
+            return;
+        }
+        close(fd);
+    }
+    m->heap = upc_read_file(path, &m->len);
+    m->data = m->heap;
+}
+
+void upc_unmap(upc_mapped *m)
+{
+    if (m->map)
+        munmap(m->map, m->len);
+    free(m->heap);
+    memset(m, 0, sizeof *m);
 }

@@ -90,4 +90,15 @@ int upc_is_help(const char *arg);
 int upc_is_version(const char *arg);
 void upc_print_version(void);
 
+/* A whole input file in memory: memory-mapped when it is a regular file,
+ * read into the heap when it is stdin ("-") or a pipe. */
+typedef struct {
+    const char *data;
+    size_t len;
+    void *map;     /* mmap base, or NULL */
+    char *heap;    /* heap copy, or NULL */
+} upc_mapped;
+
+void upc_map_file(upc_mapped *m, const char *path);
+void upc_unmap(upc_mapped *m);
 #endif

@@ -1,0 +1,114 @@
+/* kernels_cpu_gemm.c: dense, strided-batched and expert-grouped GEMMs on
+ * OpenBLAS SGEMM (row-major). OpenBLAS threads each call itself, so batches
+ * and groups run one after another. */
+#include "kernels_cpu.h"
+
+#include <cblas.h>
+#include <string.h>
+
+/* C[m][n] = beta * C for the k == 0 case BLAS may not define; beta == 0
+ * overwrites (NaN in C included; OpenBLAS does the same for k > 0, which
+ * the tests check). */
+static void scale_matrix(int m, int n, float beta, float *C, int ldc)
+{
+    for (int i = 0; i < m; i++) {
+        float *row = C + (size_t)i * ldc;
+        if (beta == 0.0f)
+            memset(row, 0, (size_t)n * sizeof(float));
+        else if (beta != 1.0f)
+            for (int j = 0; j < n; j++)
+                row[j] *= beta;
+    }
+}
+
+static void check_gemm(const char *kernel, int trans_a, int trans_b, int m, int n,
+                       int k, int lda, int ldb, int ldc)
+{
+    CPU_REQUIRE(m >= 0 && n >= 0 && k >= 0, kernel, "negative matrix size");
+    int a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
+    CPU_REQUIRE(lda >= (a_cols > 1 ? a_cols : 1), kernel, "lda smaller than a row of A");
+    CPU_REQUIRE(ldb >= (b_cols > 1 ? b_cols : 1), kernel, "ldb smaller than a row of B");
+    CPU_REQUIRE(ldc >= (n > 1 ? n : 1), kernel, "ldc smaller than a row of C");
+}
+
+/* The one SGEMM every entry point ends in; arguments already checked. */
+static void sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                  const float *A, int lda, const float *B, int ldb, float beta,
+                  float *C, int ldc)
+{
+    if (m == 0 || n == 0)
+        return;
+    if (k == 0 || alpha == 0.0f) {
+        scale_matrix(m, n, beta, C, ldc);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, A, lda, B, ldb,
+                beta, C, ldc);
+}
+
+void cpu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
+              float alpha, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc)
+{
+    check_gemm("gemm", trans_a, trans_b, m, n, k, lda, ldb, ldc);
+    sgemm(trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void cpu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b,
+                              int m, int n, int k, float alpha,
+                              const float *A, int lda, long long stride_a,
+                              const float *B, int ldb, long long stride_b,
+                              float beta, float *C, int ldc, long long stride_c,
+                              int batch)
+{
+    check_gemm("gemm_strided_batched", trans_a, trans_b, m, n, k, lda, ldb, ldc);
+    CPU_REQUIRE(batch >= 0, "gemm_strided_batched", "negative batch");
+    for (int i = 0; i < batch; i++)
+        sgemm(trans_a, trans_b, m, n, k, alpha, A + i * stride_a, lda,
+              B + i * stride_b, ldb, beta, C + i * stride_c, ldc);
+}
+
+static void check_groups(const char *kernel, int E, const int32_t *offs, int n, int k)
+{
+    CPU_REQUIRE(E >= 0 && n >= 0 && k >= 0, kernel, "negative size");
+    CPU_REQUIRE(offs[0] == 0, kernel, "offs[0] is not 0");
+    for (int g = 0; g < E; g++)
+        CPU_REQUIRE(offs[g + 1] >= offs[g], kernel, "offsets decrease");
+}
+
+void cpu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n,
+                          int k, const float *X, const float *W, float beta, float *Y)
+{
+    check_groups("grouped_gemm_fwd", E, offs, n, k);
+    for (int g = 0; g < E; g++) {
+        int r0 = offs[g], rows = offs[g + 1] - offs[g];
+        sgemm(0, 1, rows, n, k, 1.0f, X + (size_t)r0 * k, k > 0 ? k : 1,
+              W + (size_t)g * n * k, k > 0 ? k : 1, beta, Y + (size_t)r0 * n,
+              n > 0 ? n : 1);
+    }
+}
+
+void cpu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n,
+                         int k, const float *dY, const float *W, float beta, float *dX)
+{
+    check_groups("grouped_gemm_dx", E, offs, n, k);
+    for (int g = 0; g < E; g++) {
+        int r0 = offs[g], rows = offs[g + 1] - offs[g];
+        sgemm(0, 0, rows, k, n, 1.0f, dY + (size_t)r0 * n, n > 0 ? n : 1,
+              W + (size_t)g * n * k, k > 0 ? k : 1, beta, dX + (size_t)r0 * k,
+              k > 0 ? k : 1);
+    }
+}
+
+void cpu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n,
+                         int k, const float *dY, const float *X, float beta, float *dW)
+{
+    check_groups("grouped_gemm_dw", E, offs, n, k);
+    for (int g = 0; g < E; g++) {
+        int r0 = offs[g], rows = offs[g + 1] - offs[g];
+        sgemm(1, 0, n, k, rows, 1.0f, dY + (size_t)r0 * n, n > 0 ? n : 1,
+              X + (size_t)r0 * k, k > 0 ? k : 1, beta, dW + (size_t)g * n * k,
+              k > 0 ? k : 1);
+    }
+}

@@ -1,0 +1,141 @@
+/* kernels_math.h: the per-element math every backend shares (CPU here, CUDA
+ * in gpu/), so the CPU tests cover the formulas the GPU kernels run. Plain C
+ * that nvcc also accepts; UPC_HD marks the helpers for host and device. */
+#ifndef UPCYC_KERNELS_MATH_H
+#define UPCYC_KERNELS_MATH_H
+
+#include <math.h>
+
+#ifdef __CUDACC__
+#define UPC_HD __host__ __device__ __forceinline__
+#else
+#define UPC_HD
+#endif
+
+/* ---- activations --------------------------------------------------------- */
+
+static inline UPC_HD float upc_sigmoid(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+
+/* silu(x) = x * sigmoid(x) */
+static inline UPC_HD float upc_silu(float x)
+{
+    return x * upc_sigmoid(x);
+}
+
+/* d silu / dx = s * (1 + x * (1 - s)), s = sigmoid(x) */
+static inline UPC_HD float upc_silu_grad(float x)
+{
+    float s = upc_sigmoid(x);
+    return s * (1.0f + x * (1.0f - s));
+}
+
+/* SwiGLU backward for one element: out = silu(g) * u. */
+static inline UPC_HD void upc_swiglu_bwd_elem(float g, float u, float dout,
+                                              float *dg, float *du)
+{
+    *dg = dout * u * upc_silu_grad(g);
+    *du = dout * upc_silu(g);
+}
+
+/* ---- RMSNorm (one row of d elements) ------------------------------------
+ * ss is the sum of squares of the row (accumulated by the caller in its own
+ * order; the CPU uses double). */
+static inline UPC_HD float upc_rmsnorm_rstd(double ss, int d, float eps)
+{
+    return (float)(1.0 / sqrt(ss / d + (double)eps));
+}
+
+/* dx_i = rstd * (w_i dy_i - x_i * rstd^2 * dot / d), dot = sum_j w_j dy_j x_j */
+static inline UPC_HD float upc_rmsnorm_dx(float x, float w, float dy, float rstd,
+                                          double dot, int d)
+{
+    float c = (float)(dot / d) * rstd * rstd;
+    return rstd * (w * dy - x * c);
+}
+
+/* ---- RoPE ----------------------------------------------------------------
+ * HF rotate-half: element i (< hd/2) pairs with i + hd/2; computed in fp32
+ * as transformers does, so logits match HF checkpoints. */
+static inline UPC_HD float upc_rope_inv_freq(int i, int hd, float theta)
+{
+    return 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+}
+
+/* Rotate (a, b) = (x_i, x_{i+hd/2}) by the angle; sign -1 rotates back
+ * (the backward pass: the transpose of a rotation is its inverse). */
+static inline UPC_HD void upc_rope_pair(float *a, float *b, float cosv, float sinv,
+                                        float sign)
+{
+    float x0 = *a, x1 = *b, s = sign * sinv;
+    *a = x0 * cosv - x1 * s;
+    *b = x1 * cosv + x0 * s;
+}
+
+/* ---- softmax ---------------------------------------------------------------
+ * Online softmax: a running max m and sum l of exp(x - m); fold in one value
+ * at a time (or a whole block with upc_softmax_merge), logsumexp = m + log(l).
+ * Start from m = -INFINITY, l = 0. */
+static inline UPC_HD void upc_softmax_step(float *m, float *l, float x)
+{
+    if (x > *m) {
+        *l = *l * expf(*m - x) + 1.0f;
+        *m = x;
+    } else {
+        *l += expf(x - *m);
+    }
+}
+
+/* Merge the state (m2, l2) of another block into (m, l). */
+static inline UPC_HD void upc_softmax_merge(float *m, float *l, float m2, float l2)
+{
+    if (m2 == -INFINITY)
+        return;
+    if (m2 > *m) {
+        *l = *l * expf(*m - m2) + l2;
+        *m = m2;
+    } else {
+        *l += l2 * expf(m2 - *m);
+    }
+}
+
+/* Softmax backward through p = softmax(z): dz_e = p_e * (g_e - sum_f p_f g_f);
+ * dot is that sum. */
+static inline UPC_HD float upc_softmax_bwd_elem(float p, float g, float dot)
+{
+    return p * (g - dot);
+}
+
+/* ---- optimizers (one element) ---------------------------------------------
+ * AdamW, PyTorch order: decay, moments, bias-corrected step. */
+static inline UPC_HD void upc_adamw_elem(float *p, float *m, float *v, float g,
+                                         float lr, float beta1, float beta2,
+                                         float eps, float wd, float bc1, float bc2)
+{
+    float pv = *p * (1.0f - lr * wd);
+    float mv = beta1 * *m + (1.0f - beta1) * g;
+    float vv = beta2 * *v + (1.0f - beta2) * g * g;
+    float denom = sqrtf(vv / bc2) + eps;
+    *p = pv - lr * (mv / bc1) / denom;
+    *m = mv;
+    *v = vv;
+}
+
+static inline UPC_HD float upc_signf(float x)
+{
+    return (float)((x > 0.0f) - (x < 0.0f));
+}
+
+/* Lion (Chen et al. 2023): the sign of an interpolation steps, the moment
+ * tracks with beta2. */
+static inline UPC_HD void upc_lion_elem(float *p, float *m, float g, float lr,
+                                        float beta1, float beta2, float wd)
+{
+    float c = beta1 * *m + (1.0f - beta1) * g;
+    *p = *p * (1.0f - lr * wd) - lr * upc_signf(c);
+    *m = beta2 * *m + (1.0f - beta2) * g;
+}
+
+#endif
