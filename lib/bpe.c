@@ -72,9 +72,7 @@ struct bpe_tokenizer {
     char digest[32];
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
+void bpe_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
     if (!err || errlen == 0)
         return;
@@ -250,7 +248,7 @@ static bool compile_pattern(bpe_tokenizer *t, char *err, size_t errlen)
     if (!t->re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(code, msg, sizeof msg);
-        set_err(err, errlen, "bad pre-tokenization regex at offset %zu: %s", (size_t)at, (char *)msg);
+        bpe_set_err(err, errlen, "bad pre-tokenization regex at offset %zu: %s", (size_t)at, (char *)msg);
         return false;
     }
     /* Without JIT (unsupported CPU) the interpreter still gives the same
@@ -263,11 +261,11 @@ bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
 {
     char hex[64];
     if (!s->pattern) {
-        set_err(err, errlen, "no pre-tokenization pattern");
+        bpe_set_err(err, errlen, "no pre-tokenization pattern");
         return NULL;
     }
     if (s->n_tokens == 0 || s->n_tokens >= NO_ID) {
-        set_err(err, errlen, "vocabulary size %zu out of range", s->n_tokens);
+        bpe_set_err(err, errlen, "vocabulary size %zu out of range", s->n_tokens);
         return NULL;
     }
     bpe_tokenizer *t = upc_calloc(1, sizeof *t);
@@ -280,7 +278,7 @@ bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
 
     for (size_t i = 0; i < s->n_special; i++) {
         if (s->special_ids[i] >= NO_ID - 1) {
-            set_err(err, errlen, "special token %zu has id %u, out of range", i, s->special_ids[i]);
+            bpe_set_err(err, errlen, "special token %zu has id %u, out of range", i, s->special_ids[i]);
             goto fail;
         }
         if ((size_t)s->special_ids[i] + 1 > t->vocab_size)
@@ -302,7 +300,7 @@ bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
         if (!s->bytes[i])
             continue;
         if (s->lens[i] == 0) {
-            set_err(err, errlen, "token %zu is empty", i);
+            bpe_set_err(err, errlen, "token %zu is empty", i);
             goto fail;
         }
         memcpy(t->blob + used, s->bytes[i], s->lens[i]);
@@ -325,7 +323,7 @@ bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
             continue;
         int64_t old = token_insert(t, (uint32_t)i);
         if (old >= 0) {
-            set_err(err, errlen, "tokens %lld and %zu have the same bytes %s", (long long)old, i,
+            bpe_set_err(err, errlen, "tokens %lld and %zu have the same bytes %s", (long long)old, i,
                     show_bytes(t->blob + t->off[i], t->len[i], hex));
             goto fail;
         }
@@ -334,7 +332,7 @@ bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
         unsigned char c = (unsigned char)b;
         int64_t id = token_lookup(t, &c, 1);
         if (id < 0) {
-            set_err(err, errlen, "not byte-level: byte 0x%02x has no token", b);
+            bpe_set_err(err, errlen, "not byte-level: byte 0x%02x has no token", b);
             goto fail;
         }
         t->byte_id[b] = (uint32_t)id;
@@ -348,15 +346,15 @@ bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
         size_t n = strlen(s->special[i]);
         uint32_t id = s->special_ids[i];
         if (n == 0 || n >= UINT32_MAX) {
-            set_err(err, errlen, "special token %u has an empty string", id);
+            bpe_set_err(err, errlen, "special token %u has an empty string", id);
             goto fail;
         }
         if (t->kind[id] == KIND_ORDINARY) {
-            set_err(err, errlen, "special token \"%s\" has id %u, which is an ordinary token", s->special[i], id);
+            bpe_set_err(err, errlen, "special token \"%s\" has id %u, which is an ordinary token", s->special[i], id);
             goto fail;
         }
         if (t->kind[id] == KIND_SPECIAL) {
-            set_err(err, errlen, "two special tokens have id %u", id);
+            bpe_set_err(err, errlen, "two special tokens have id %u", id);
             goto fail;
         }
         t->kind[id] = KIND_SPECIAL;
@@ -368,7 +366,7 @@ bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
         special_token *sp = &t->specials[i];
         for (size_t j = 0; j < i; j++)
             if (strcmp(t->specials[j].text, sp->text) == 0) {
-                set_err(err, errlen, "special token \"%s\" given twice (ids %u and %u)", sp->text,
+                bpe_set_err(err, errlen, "special token \"%s\" given twice (ids %u and %u)", sp->text,
                         t->specials[j].id, sp->id);
                 goto fail;
             }
@@ -404,7 +402,7 @@ bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
             uint32_t a = s->merges[r][0], b = s->merges[r][1];
             if (a >= t->n_ordinary || b >= t->n_ordinary || t->kind[a] != KIND_ORDINARY ||
                 t->kind[b] != KIND_ORDINARY) {
-                set_err(err, errlen, "merge %zu joins unknown token ids %u and %u", r, a, b);
+                bpe_set_err(err, errlen, "merge %zu joins unknown token ids %u and %u", r, a, b);
                 free(cat);
                 goto fail;
             }
@@ -414,7 +412,7 @@ bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
             memcpy(cat + t->len[a], t->blob + t->off[b], t->len[b]);
             int64_t m = token_lookup(t, cat, n);
             if (m < 0) {
-                set_err(err, errlen, "merge %zu (tokens %u + %u) makes %s, which is not a token", r, a, b,
+                bpe_set_err(err, errlen, "merge %zu (tokens %u + %u) makes %s, which is not a token", r, a, b,
                         show_bytes(cat, n, hex));
                 free(cat);
                 goto fail;

@@ -6,6 +6,11 @@
 
 #include "bpe.h"
 
+#include <stddef.h>
+
+/* Write a message into the caller's error buffer (err may be NULL). */
+void bpe_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Ordinary ids are 0..bpe_n_ordinary()-1; some may be unused (holes: an id
  * given to a special token in the source file). bpe_build accepts holes as
  * bytes[i] == NULL with lens[i] == 0. */

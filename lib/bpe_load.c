@@ -15,17 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- GPT-2's bytes_to_unicode: each byte is a printable character ----- */
 
 typedef struct {
@@ -149,7 +138,7 @@ static bpe_tokenizer *vocab_build(vocab *v, const char *pattern, bool ignore_mer
     char why[512];
     bpe_tokenizer *t = bpe_build(&spec, why, sizeof why);
     if (!t)
-        set_err(err, errlen, "%s: %s", path, why);
+        bpe_set_err(err, errlen, "%s: %s", path, why);
     vocab_free(v);
     return t;
 }
@@ -159,7 +148,7 @@ static bool vocab_from_json(vocab *v, json_t *obj, const byte_map *bm, const cha
                             char *err, size_t errlen)
 {
     if (!json_is_object(obj)) {
-        set_err(err, errlen, "%s: %s: expected an object of token -> id", path, where);
+        bpe_set_err(err, errlen, "%s: %s: expected an object of token -> id", path, where);
         return false;
     }
     size_t max = 0;
@@ -168,7 +157,7 @@ static bool vocab_from_json(vocab *v, json_t *obj, const byte_map *bm, const cha
     json_object_foreach(obj, key, val) {
         json_int_t id = json_is_integer(val) ? json_integer_value(val) : -1;
         if (id < 0 || id >= (json_int_t)UINT32_MAX - 1) {
-            set_err(err, errlen, "%s: %s[\"%.40s\"]: expected a non-negative integer id", path, where, key);
+            bpe_set_err(err, errlen, "%s: %s[\"%.40s\"]: expected a non-negative integer id", path, where, key);
             return false;
         }
         if ((size_t)id + 1 > max)
@@ -183,13 +172,13 @@ static bool vocab_from_json(vocab *v, json_t *obj, const byte_map *bm, const cha
         long n = unmap_bytes(bm, key, b);
         if (n <= 0) {
             free(b);
-            set_err(err, errlen, "%s: %s[\"%.40s\"]: not a byte-level token (characters outside GPT-2's byte mapping)",
+            bpe_set_err(err, errlen, "%s: %s[\"%.40s\"]: not a byte-level token (characters outside GPT-2's byte mapping)",
                     path, where, key);
             return false;
         }
         if (v->bytes[id]) {
             free(b);
-            set_err(err, errlen, "%s: %s[\"%.40s\"]: id %zu given to two tokens", path, where, key, id);
+            bpe_set_err(err, errlen, "%s: %s[\"%.40s\"]: id %zu given to two tokens", path, where, key, id);
             return false;
         }
         v->bytes[id] = b;
@@ -219,11 +208,11 @@ static bool hf_pre_tokenizer(json_t *pre, const char **pattern, const char *path
     const char *ty = json_type_of(pre);
     if (ty && strcmp(ty, "ByteLevel") == 0) {
         if (json_flag(pre, "add_prefix_space", false)) {
-            set_err(err, errlen, "%s: pre_tokenizer.add_prefix_space is true; not supported", path);
+            bpe_set_err(err, errlen, "%s: pre_tokenizer.add_prefix_space is true; not supported", path);
             return false;
         }
         if (!json_flag(pre, "use_regex", true)) {
-            set_err(err, errlen, "%s: pre_tokenizer.use_regex is false with no Split before it; not supported",
+            bpe_set_err(err, errlen, "%s: pre_tokenizer.use_regex is false with no Split before it; not supported",
                     path);
             return false;
         }
@@ -231,14 +220,14 @@ static bool hf_pre_tokenizer(json_t *pre, const char **pattern, const char *path
         return true;
     }
     if (!ty || strcmp(ty, "Sequence") != 0) {
-        set_err(err, errlen, "%s: pre_tokenizer%s%s is not byte-level (expected ByteLevel, or Sequence of Split and ByteLevel)",
+        bpe_set_err(err, errlen, "%s: pre_tokenizer%s%s is not byte-level (expected ByteLevel, or Sequence of Split and ByteLevel)",
                 path, ty ? ".type " : " is ", ty ? ty : "missing");
         return false;
     }
     json_t *list = json_object_get(pre, "pretokenizers");
     size_t n = json_array_size(list);
     if (n == 0 || n > 2) {
-        set_err(err, errlen, "%s: pre_tokenizer.pretokenizers: expected [Split, ByteLevel], got %zu entries", path, n);
+        bpe_set_err(err, errlen, "%s: pre_tokenizer.pretokenizers: expected [Split, ByteLevel], got %zu entries", path, n);
         return false;
     }
     *pattern = NULL;
@@ -249,38 +238,38 @@ static bool hf_pre_tokenizer(json_t *pre, const char **pattern, const char *path
             json_t *re = json_object_get(json_object_get(p, "pattern"), "Regex");
             json_t *beh = json_object_get(p, "behavior");
             if (!json_is_string(re)) {
-                set_err(err, errlen, "%s: pre_tokenizer.pretokenizers[0].pattern: expected {\"Regex\": ...}", path);
+                bpe_set_err(err, errlen, "%s: pre_tokenizer.pretokenizers[0].pattern: expected {\"Regex\": ...}", path);
                 return false;
             }
             if (!json_is_string(beh) || strcmp(json_string_value(beh), "Isolated") != 0 ||
                 json_flag(p, "invert", false)) {
-                set_err(err, errlen, "%s: pre_tokenizer.pretokenizers[0]: only behavior Isolated, invert false is supported",
+                bpe_set_err(err, errlen, "%s: pre_tokenizer.pretokenizers[0]: only behavior Isolated, invert false is supported",
                         path);
                 return false;
             }
             *pattern = json_string_value(re);
         } else if (pty && strcmp(pty, "ByteLevel") == 0 && i == n - 1) {
             if (json_flag(p, "add_prefix_space", false)) {
-                set_err(err, errlen, "%s: pre_tokenizer.pretokenizers[%zu].add_prefix_space is true; not supported",
+                bpe_set_err(err, errlen, "%s: pre_tokenizer.pretokenizers[%zu].add_prefix_space is true; not supported",
                         path, i);
                 return false;
             }
             bool use_regex = json_flag(p, "use_regex", true);
             if (use_regex == (*pattern != NULL)) {
-                set_err(err, errlen, "%s: pre_tokenizer.pretokenizers[%zu].use_regex must be %s here", path, i,
+                bpe_set_err(err, errlen, "%s: pre_tokenizer.pretokenizers[%zu].use_regex must be %s here", path, i,
                         *pattern ? "false after a Split" : "true without a Split");
                 return false;
             }
             if (use_regex)
                 *pattern = bpe_pattern_named("gpt2");
         } else {
-            set_err(err, errlen, "%s: pre_tokenizer.pretokenizers[%zu]: %s is not supported (expected [Split, ByteLevel])",
+            bpe_set_err(err, errlen, "%s: pre_tokenizer.pretokenizers[%zu]: %s is not supported (expected [Split, ByteLevel])",
                     path, i, pty ? pty : "an entry without type");
             return false;
         }
     }
     if (!*pattern) {
-        set_err(err, errlen, "%s: pre_tokenizer.pretokenizers: no ByteLevel", path);
+        bpe_set_err(err, errlen, "%s: pre_tokenizer.pretokenizers: no ByteLevel", path);
         return false;
     }
     return true;
@@ -292,21 +281,21 @@ static bpe_tokenizer *hf_from_json(json_t *root, const char *path, char *err, si
     byte_map_init(&bm);
     vocab v = {0};
     if (!json_is_object(root)) {
-        set_err(err, errlen, "%s: expected a JSON object at the top", path);
+        bpe_set_err(err, errlen, "%s: expected a JSON object at the top", path);
         return NULL;
     }
     json_t *model = json_object_get(root, "model");
     if (!json_is_object(model)) {
-        set_err(err, errlen, "%s: model: missing or not an object", path);
+        bpe_set_err(err, errlen, "%s: model: missing or not an object", path);
         return NULL;
     }
     const char *mty = json_type_of(model);
     if (mty && strcmp(mty, "BPE") != 0) {
-        set_err(err, errlen, "%s: model.type is \"%s\"; only byte-level BPE is supported", path, mty);
+        bpe_set_err(err, errlen, "%s: model.type is \"%s\"; only byte-level BPE is supported", path, mty);
         return NULL;
     }
     if (json_flag(model, "byte_fallback", false)) {
-        set_err(err, errlen, "%s: model.byte_fallback is true (SentencePiece-style BPE); only byte-level BPE is supported",
+        bpe_set_err(err, errlen, "%s: model.byte_fallback is true (SentencePiece-style BPE); only byte-level BPE is supported",
                 path);
         return NULL;
     }
@@ -314,13 +303,13 @@ static bpe_tokenizer *hf_from_json(json_t *root, const char *path, char *err, si
     for (int i = 0; i < 2; i++) {
         json_t *x = json_object_get(model, must_be_empty[i]);
         if (x && !json_is_null(x) && !(json_is_string(x) && json_string_length(x) == 0)) {
-            set_err(err, errlen, "%s: model.%s is set; not supported", path, must_be_empty[i]);
+            bpe_set_err(err, errlen, "%s: model.%s is set; not supported", path, must_be_empty[i]);
             return NULL;
         }
     }
     json_t *dropout = json_object_get(model, "dropout");
     if (dropout && !json_is_null(dropout) && json_number_value(dropout) != 0) {
-        set_err(err, errlen, "%s: model.dropout is set; BPE dropout is not supported", path);
+        bpe_set_err(err, errlen, "%s: model.dropout is set; BPE dropout is not supported", path);
         return NULL;
     }
     json_t *norm = json_object_get(root, "normalizer");
@@ -329,7 +318,7 @@ static bpe_tokenizer *hf_from_json(json_t *root, const char *path, char *err, si
         /* NFC leaves text that is already NFC (nearly all text) unchanged;
          * it is accepted and not applied. Anything else changes the text. */
         if (!nty || strcmp(nty, "NFC") != 0) {
-            set_err(err, errlen, "%s: normalizer.type \"%s\" is not supported (byte-level BPE takes text as is)", path,
+            bpe_set_err(err, errlen, "%s: normalizer.type \"%s\" is not supported (byte-level BPE takes text as is)", path,
                     nty ? nty : "?");
             return NULL;
         }
@@ -337,7 +326,7 @@ static bpe_tokenizer *hf_from_json(json_t *root, const char *path, char *err, si
     const char *pattern;
     json_t *pre = json_object_get(root, "pre_tokenizer");
     if (!pre || json_is_null(pre)) {
-        set_err(err, errlen, "%s: pre_tokenizer is null; not byte-level BPE", path);
+        bpe_set_err(err, errlen, "%s: pre_tokenizer is null; not byte-level BPE", path);
         return NULL;
     }
     if (!hf_pre_tokenizer(pre, &pattern, path, err, errlen))
@@ -350,7 +339,7 @@ static bpe_tokenizer *hf_from_json(json_t *root, const char *path, char *err, si
     json_t *vocab_obj = json_object_get(model, "vocab");
     json_t *merges = json_object_get(model, "merges");
     if (!json_is_array(merges)) {
-        set_err(err, errlen, "%s: model.merges: missing or not an array", path);
+        bpe_set_err(err, errlen, "%s: model.merges: missing or not an array", path);
         goto fail;
     }
     v.n_merges = json_array_size(merges);
@@ -374,13 +363,13 @@ static bpe_tokenizer *hf_from_json(json_t *root, const char *path, char *err, si
         }
         if (!parts[0] || !*parts[0] || !*parts[1]) {
             free(dup);
-            set_err(err, errlen, "%s: model.merges[%zu]: expected \"a b\" or [\"a\", \"b\"]", path, r);
+            bpe_set_err(err, errlen, "%s: model.merges[%zu]: expected \"a b\" or [\"a\", \"b\"]", path, r);
             goto fail;
         }
         for (int k = 0; k < 2; k++) {
             json_t *id = json_object_get(vocab_obj, parts[k]);
             if (!id) {
-                set_err(err, errlen, "%s: model.merges[%zu]: unknown token \"%.40s\"", path, r, parts[k]);
+                bpe_set_err(err, errlen, "%s: model.merges[%zu]: unknown token \"%.40s\"", path, r, parts[k]);
                 free(dup);
                 goto fail;
             }
@@ -393,7 +382,7 @@ static bpe_tokenizer *hf_from_json(json_t *root, const char *path, char *err, si
      * literally; an ordinary one already in the vocabulary changes nothing. */
     json_t *added = json_object_get(root, "added_tokens");
     if (added && !json_is_null(added) && !json_is_array(added)) {
-        set_err(err, errlen, "%s: added_tokens: expected an array", path);
+        bpe_set_err(err, errlen, "%s: added_tokens: expected an array", path);
         goto fail;
     }
     for (size_t i = 0; i < json_array_size(added); i++) {
@@ -401,7 +390,7 @@ static bpe_tokenizer *hf_from_json(json_t *root, const char *path, char *err, si
         json_t *id = json_object_get(a, "id"), *content = json_object_get(a, "content");
         if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= (json_int_t)UINT32_MAX - 1 ||
             !json_is_string(content) || json_string_length(content) == 0) {
-            set_err(err, errlen, "%s: added_tokens[%zu]: expected an id and a non-empty content", path, i);
+            bpe_set_err(err, errlen, "%s: added_tokens[%zu]: expected an id and a non-empty content", path, i);
             goto fail;
         }
         uint32_t tid = (uint32_t)json_integer_value(id);
@@ -425,9 +414,9 @@ static json_t *load_json(const char *path, char *err, size_t errlen)
     json_t *root = json_load_file(path, JSON_ALLOW_NUL, &je);
     if (!root) {
         if (je.line > 0)
-            set_err(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column, je.text);
+            bpe_set_err(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column, je.text);
         else
-            set_err(err, errlen, "%s: %s", path, je.text);
+            bpe_set_err(err, errlen, "%s: %s", path, je.text);
     }
     return root;
 }
@@ -449,7 +438,7 @@ static char *slurp(const char *path, size_t *len, char *err, size_t errlen)
 {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        bpe_set_err(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
     }
     size_t cap = 1 << 16, n = 0;
@@ -468,7 +457,7 @@ static char *slurp(const char *path, size_t *len, char *err, size_t errlen)
     int e = errno;
     fclose(fp);
     if (bad) {
-        set_err(err, errlen, "%s: %s", path, strerror(e));
+        bpe_set_err(err, errlen, "%s: %s", path, strerror(e));
         free(b);
         return NULL;
     }
@@ -516,7 +505,7 @@ bpe_tokenizer *bpe_load_gpt2(const char *vocab_json, const char *merges_txt, cha
         line[n] = 0;
         char *sp = strchr(line, ' ');
         if (!sp || sp == line || !sp[1] || strchr(sp + 1, ' ') || strlen(line) != n) {
-            set_err(err, errlen, "%s: line %zu: expected two tokens separated by one space", merges_txt, lineno);
+            bpe_set_err(err, errlen, "%s: line %zu: expected two tokens separated by one space", merges_txt, lineno);
             goto fail;
         }
         *sp = 0;
@@ -525,7 +514,7 @@ bpe_tokenizer *bpe_load_gpt2(const char *vocab_json, const char *merges_txt, cha
             const char *tok = k ? sp + 1 : line;
             json_t *id = json_object_get(root, tok);
             if (!id) {
-                set_err(err, errlen, "%s: line %zu: unknown token \"%.40s\" (not in %s)", merges_txt, lineno, tok,
+                bpe_set_err(err, errlen, "%s: line %zu: unknown token \"%.40s\" (not in %s)", merges_txt, lineno, tok,
                         vocab_json);
                 goto fail;
             }
@@ -635,7 +624,7 @@ bpe_tokenizer *bpe_load_tiktoken(const char *path, const char *encoding, char *e
             blen = b64_decode(line, (size_t)(sp - line), tmp);
         }
         if (blen <= 0 || end != line + n || errno || rank >= UINT32_MAX - 1) {
-            set_err(err, errlen, "%s: line %zu: expected \"<base64 token> <rank>\"", path, lineno);
+            bpe_set_err(err, errlen, "%s: line %zu: expected \"<base64 token> <rank>\"", path, lineno);
             goto fail;
         }
         if (rank >= v.n_tokens) {
@@ -647,7 +636,7 @@ bpe_tokenizer *bpe_load_tiktoken(const char *path, const char *encoding, char *e
             v.n_tokens = (size_t)rank + 1;
         }
         if (v.bytes[rank]) {
-            set_err(err, errlen, "%s: line %zu: rank %llu given twice", path, lineno, rank);
+            bpe_set_err(err, errlen, "%s: line %zu: rank %llu given twice", path, lineno, rank);
             goto fail;
         }
         v.bytes[rank] = upc_malloc((size_t)blen);
@@ -668,10 +657,10 @@ bpe_tokenizer *bpe_load_tiktoken(const char *path, const char *encoding, char *e
         }
     if (e == N_ENCODINGS) {
         if (encoding)
-            set_err(err, errlen, "%s: unknown encoding \"%s\" (known: cl100k_base, o200k_base, r50k_base, p50k_base)",
+            bpe_set_err(err, errlen, "%s: unknown encoding \"%s\" (known: cl100k_base, o200k_base, r50k_base, p50k_base)",
                     path, encoding);
         else
-            set_err(err, errlen, "%s: %zu ranks match no known encoding; name it (cl100k_base, o200k_base, ...)", path,
+            bpe_set_err(err, errlen, "%s: %zu ranks match no known encoding; name it (cl100k_base, o200k_base, ...)", path,
                     lines);
         goto fail;
     }
@@ -693,32 +682,24 @@ static bool file_exists(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static char *path_join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = upc_malloc(n);
-    snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 bpe_tokenizer *bpe_load(const char *path, char *err, size_t errlen)
 {
     struct stat st;
     if (stat(path, &st) != 0) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        bpe_set_err(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
     }
     if (S_ISDIR(st.st_mode)) {
-        char *tj = path_join(path, "tokenizer.json");
+        char *tj = upc_path_join(path, "tokenizer.json");
         bpe_tokenizer *t = NULL;
         if (file_exists(tj)) {
             t = bpe_load_hf_json(tj, err, errlen);
         } else {
-            char *vj = path_join(path, "vocab.json"), *mt = path_join(path, "merges.txt");
+            char *vj = upc_path_join(path, "vocab.json"), *mt = upc_path_join(path, "merges.txt");
             if (file_exists(vj) && file_exists(mt))
                 t = bpe_load_gpt2(vj, mt, err, errlen);
             else
-                set_err(err, errlen, "%s: directory holds no tokenizer.json (nor vocab.json + merges.txt)", path);
+                bpe_set_err(err, errlen, "%s: directory holds no tokenizer.json (nor vocab.json + merges.txt)", path);
             free(vj);
             free(mt);
         }
@@ -727,7 +708,7 @@ bpe_tokenizer *bpe_load(const char *path, char *err, size_t errlen)
     }
     FILE *fp = fopen(path, "rb");
     if (!fp) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        bpe_set_err(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
     }
     int c;
@@ -750,7 +731,8 @@ bpe_tokenizer *bpe_load(const char *path, char *err, size_t errlen)
     if (!root)
         return NULL;
     bpe_tokenizer *t = NULL;
-    if (json_object_get(root, "model")) {
+    /* GPT-2's vocab.json has a token "model" too, mapped to a number. */
+    if (json_is_object(json_object_get(root, "model"))) {
         t = hf_from_json(root, path, err, errlen);
     } else {
         /* A GPT-2 vocab.json: merges.txt or vocab.bpe beside it. */
@@ -760,12 +742,12 @@ bpe_tokenizer *bpe_load(const char *path, char *err, size_t errlen)
             *slash = 0;
         else
             strcpy(dir, ".");
-        char *mt = path_join(dir, "merges.txt"), *vb = path_join(dir, "vocab.bpe");
+        char *mt = upc_path_join(dir, "merges.txt"), *vb = upc_path_join(dir, "vocab.bpe");
         const char *merges = file_exists(mt) ? mt : file_exists(vb) ? vb : NULL;
         if (merges)
             t = bpe_load_gpt2(path, merges, err, errlen);
         else
-            set_err(err, errlen, "%s: JSON without \"model\" and no merges.txt or vocab.bpe beside it; not a tokenizer",
+            bpe_set_err(err, errlen, "%s: JSON without \"model\" and no merges.txt or vocab.bpe beside it; not a tokenizer",
                     path);
         free(dir);
         free(mt);

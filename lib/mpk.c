@@ -2,6 +2,7 @@
 #include "mpk.h"
 
 #include <errno.h>
+#include <msgpack/unpack_define.h> /* MSGPACK_EMBED_STACK_SIZE: the nesting limit */
 #include <string.h>
 
 #define READ_CHUNK (1 << 16)
@@ -43,9 +44,16 @@ bool mpk_read(mpk_reader *r, msgpack_object *obj)
             r->record = r->records_read;
             mpk_reader_fail(r, "invalid msgpack");
         }
-        if (ret == MSGPACK_UNPACK_NOMEM_ERROR)
-            upc_fail(EX_OSERR, "%s: out of memory reading record %llu", r->name,
-                     (unsigned long long)r->records_read);
+        /* msgpack-c says NOMEM when a record nests containers deeper than its
+         * fixed parse stack, or when a container header declares more
+         * elements than can be allocated; it does not say which. Both are
+         * the record's doing (a real shortage on a sane record is the
+         * unlikely case), so report bad data naming both. */
+        if (ret == MSGPACK_UNPACK_NOMEM_ERROR) {
+            r->record = r->records_read;
+            mpk_reader_fail(r, "nested deeper than %d levels, or a container too large for memory",
+                            MSGPACK_EMBED_STACK_SIZE);
+        }
         /* CONTINUE: the record needs more bytes. */
         if (r->eof) {
             r->record = r->records_read;

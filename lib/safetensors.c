@@ -9,7 +9,6 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -99,8 +98,7 @@ uint16_t st_f32_to_f16(float f)
 
 typedef struct {
     char *path;
-    unsigned char *map;
-    size_t len;
+    upc_mapped m;
     uint64_t data_start;          /* 8 + header length */
 } mapped_file;
 
@@ -116,33 +114,17 @@ struct st_reader {
     uint64_t total;
 };
 
-static char *path_join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = upc_malloc(n);
-    snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 static void map_file(mapped_file *f, const char *path)
 {
     memset(f, 0, sizeof *f);
     f->path = upc_strdup(path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        upc_fail(EX_NOINPUT, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0)
-        upc_fail(EX_IOERR, "%s: cannot stat: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        upc_fail(EX_NOINPUT, "%s: not a regular file, expected a .safetensors file", path);
-    f->len = (size_t)st.st_size;
-    if (f->len) {
-        f->map = mmap(NULL, f->len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (f->map == MAP_FAILED)
-            upc_fail(EX_IOERR, "%s: cannot map: %s", path, strerror(errno));
-    }
-    close(fd);
+    upc_map_regular(&f->m, path, "a .safetensors file");
+}
+
+/* The file's bytes. */
+static const unsigned char *file_bytes(const mapped_file *f)
+{
+    return (const unsigned char *)f->m.data;
 }
 
 static int cmp_offset(const void *a, const void *b)
@@ -199,7 +181,7 @@ static void parse_tensor(st_reader *r, const mapped_file *f, int shard, const ch
     if (!json_is_array(jo) || json_array_size(jo) != 2 || !get_u64(json_array_get(jo, 0), &begin) ||
         !get_u64(json_array_get(jo, 1), &end))
         upc_fail(EX_DATAERR, "%s: tensor '%s': data_offsets: expected [begin, end], non-negative integers", p, name);
-    uint64_t data_len = f->len - f->data_start;
+    uint64_t data_len = f->m.len - f->data_start;
     if (end < begin)
         upc_fail(EX_DATAERR, "%s: tensor '%s': data_offsets [%llu, %llu]: end is before begin", p, name,
                  (unsigned long long)begin, (unsigned long long)end);
@@ -219,7 +201,7 @@ static void parse_tensor(st_reader *r, const mapped_file *f, int shard, const ch
                  (unsigned long long)t.nbytes);
     }
     t.offset = f->data_start + begin;
-    t.data = f->map + t.offset;
+    t.data = file_bytes(f) + t.offset;
     t.name = upc_strdup(name);
     upc_grow((void **)&r->tensors, &r->cap, r->ntensors + 1, sizeof *r->tensors);
     r->tensors[r->ntensors++] = t;
@@ -231,18 +213,18 @@ static void load_file(st_reader *r, const char *path, int shard)
     r->files = upc_realloc(r->files, (r->nfiles + 1) * sizeof *r->files);
     mapped_file *f = &r->files[r->nfiles++];
     map_file(f, path);
-    if (f->len < 8)
-        upc_fail(EX_DATAERR, "%s: %zu bytes, too short for the 8-byte header length", path, f->len);
+    if (f->m.len < 8)
+        upc_fail(EX_DATAERR, "%s: %zu bytes, too short for the 8-byte header length", path, f->m.len);
     uint64_t n;
-    memcpy(&n, f->map, 8);
-    if (n > f->len - 8)
+    memcpy(&n, file_bytes(f), 8);
+    if (n > f->m.len - 8)
         upc_fail(EX_DATAERR, "%s: header length %llu is larger than the file (%zu bytes)", path,
-                 (unsigned long long)n, f->len);
+                 (unsigned long long)n, f->m.len);
     if (n > MAX_HEADER_BYTES)
         upc_fail(EX_DATAERR, "%s: header length %llu exceeds the limit of %llu bytes", path,
                  (unsigned long long)n, MAX_HEADER_BYTES);
     f->data_start = 8 + n;
-    const char *hdr = (const char *)f->map + 8;
+    const char *hdr = (const char *)file_bytes(f) + 8;
     if (n == 0 || hdr[0] != '{')
         upc_fail(EX_DATAERR, "%s: byte 8: header is not a JSON object (expected '{')", path);
     json_error_t err;
@@ -295,9 +277,9 @@ static void load_file(st_reader *r, const char *path, int shard)
                      (unsigned long long)(at - f->data_start));
         at = t[i].offset + t[i].nbytes;
     }
-    if (at != f->len)
+    if (at != f->m.len)
         upc_fail(EX_DATAERR, "%s: %llu bytes after the last tensor are not indexed by the header", path,
-                 (unsigned long long)(f->len - at));
+                 (unsigned long long)(f->m.len - at));
 }
 
 static int cmp_name_ptr(const void *a, const void *b)
@@ -384,7 +366,7 @@ static st_reader *open_index(const char *index_path)
     }
     qsort(shards, nshards, sizeof *shards, cmp_cstr);
     for (size_t i = 0; i < nshards; i++) {
-        char *p = path_join(dir, shards[i]);
+        char *p = upc_path_join(dir, shards[i]);
         size_t first = r->ntensors;
         load_file(r, p, (int)i);
         /* Each shard holds exactly the tensors the index assigns it. */
@@ -425,7 +407,7 @@ st_reader *st_open_named(const char *dir, const char *base)
     size_t n = strlen(base) + 32;
     char *name = upc_malloc(n);
     snprintf(name, n, "%s.safetensors.index.json", base);
-    char *p = path_join(dir, name);
+    char *p = upc_path_join(dir, name);
     struct stat st;
     st_reader *r;
     if (stat(p, &st) == 0) {
@@ -433,7 +415,7 @@ st_reader *st_open_named(const char *dir, const char *base)
     } else {
         free(p);
         snprintf(name, n, "%s.safetensors", base);
-        p = path_join(dir, name);
+        p = upc_path_join(dir, name);
         if (stat(p, &st) != 0)
             upc_fail(EX_NOINPUT, "%s: no %s.safetensors or %s.safetensors.index.json in this directory", dir,
                      base, base);
@@ -466,8 +448,7 @@ void st_close(st_reader *r)
     if (!r)
         return;
     for (size_t i = 0; i < r->nfiles; i++) {
-        if (r->files[i].map)
-            munmap(r->files[i].map, r->files[i].len);
+        upc_unmap(&r->files[i].m);
         free(r->files[i].path);
     }
     for (size_t i = 0; i < r->ntensors; i++)
@@ -734,8 +715,8 @@ void st_writer_begin_data(st_writer *w)
         upc_tmp_register(w->tmpdir);
         for (size_t i = 0; i < ns; i++) {
             char *name = shard_name(w->base, i, ns);
-            w->s[i].final = path_join(w->dir, name);
-            w->s[i].tmp = path_join(w->tmpdir, name);
+            w->s[i].final = upc_path_join(w->dir, name);
+            w->s[i].tmp = upc_path_join(w->tmpdir, name);
             free(name);
         }
     }
@@ -964,8 +945,8 @@ static void write_index(st_writer *w, char **tmp_out, char **final_out)
     size_t n = strlen(w->base) + 32;
     char *name = upc_malloc(n);
     snprintf(name, n, "%s.safetensors.index.json", w->base);
-    *tmp_out = path_join(w->tmpdir, name);
-    *final_out = path_join(w->dir, name);
+    *tmp_out = upc_path_join(w->tmpdir, name);
+    *final_out = upc_path_join(w->dir, name);
     free(name);
     int fd = open(*tmp_out, O_WRONLY | O_CREAT | O_TRUNC, 0666);
     if (fd < 0)

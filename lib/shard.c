@@ -46,14 +46,6 @@ void shard_widen(const unsigned char *raw, uint32_t w, size_t n, uint32_t *out)
 
 /* ---- writing ---- */
 
-static char *join_path(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = upc_malloc(n);
-    snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 static void shard_file_name(char *buf, size_t n, size_t i)
 {
     snprintf(buf, n, "shard-%05zu.zst", i);
@@ -62,7 +54,7 @@ static void shard_file_name(char *buf, size_t n, size_t i)
 /* Write a whole file in dir (fsynced) or fail naming it. */
 static void write_whole_file(const char *dir, const char *name, const void *data, size_t n)
 {
-    char *path = join_path(dir, name);
+    char *path = upc_path_join(dir, name);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0666);
     if (fd < 0)
         upc_fail(EX_CANTCREAT, "%s: cannot create: %s", path, strerror(errno));
@@ -92,7 +84,7 @@ static void open_shard_file(shard_writer *w)
     char name[64];
     close_shard_file(w);
     shard_file_name(name, sizeof name, w->nfiles);
-    char *path = join_path(w->dir, name);
+    char *path = upc_path_join(w->dir, name);
     w->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0666);
     if (w->fd < 0)
         upc_fail(EX_CANTCREAT, "%s: cannot create: %s", path, strerror(errno));
@@ -138,7 +130,7 @@ static void flush_chunk(shard_writer *w)
         open_shard_file(w);
     char name[64];
     shard_file_name(name, sizeof name, w->nfiles - 1);
-    char *path = join_path(w->dir, name);
+    char *path = upc_path_join(w->dir, name);
     upc_write_fd(w->fd, w->cbuf, csize, path);
     free(path);
     upc_grow((void **)&w->chunks, &w->chunks_cap, w->nchunks + 1, sizeof *w->chunks);
@@ -280,7 +272,7 @@ const char *shard_path(const shard_index *ix, const char *name)
 
 bool shard_is_split_dir(const char *dir)
 {
-    char *p = join_path(dir, SHARD_INDEX_NAME);
+    char *p = upc_path_join(dir, SHARD_INDEX_NAME);
     struct stat st;
     bool ok = stat(p, &st) == 0 && S_ISREG(st.st_mode);
     free(p);
@@ -306,7 +298,7 @@ void shard_index_open(shard_index *ix, const char *dir)
 {
     memset(ix, 0, sizeof *ix);
     ix->dir = upc_strdup(dir);
-    char *path = join_path(dir, SHARD_INDEX_NAME);
+    char *path = upc_path_join(dir, SHARD_INDEX_NAME);
     struct stat st;
     if (stat(path, &st) != 0)
         upc_fail(EX_NOINPUT, "%s: missing index (%s): is this a shard split directory?", path, strerror(errno));

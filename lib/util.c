@@ -154,6 +154,24 @@ void upc_grow(void **p, size_t *cap, size_t need, size_t elem)
     *cap = c;
 }
 
+char *upc_path_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = upc_malloc(n);
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+void upc_usage_fail(const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    upc_fail(EX_USAGE, "%s (see %s --help)", msg, upc_progname);
+}
+
 void upc_refuse_tty(FILE *fp, const char *what)
 {
     if (isatty(fileno(fp)))
@@ -167,14 +185,25 @@ void upc_out_open(upc_out *o, const char *path)
         o->fp = stdout;
         return;
     }
+    /* A device or FIFO (/dev/full, a named pipe) is written in place:
+     * renaming over it would replace the device with a file. */
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        if (S_ISDIR(st.st_mode))
+            upc_fail(EX_CANTCREAT, "%s: is a directory, expected a file name", path);
+        o->fp = fopen(path, "wb");
+        if (!o->fp)
+            upc_fail(EX_CANTCREAT, "%s: cannot open: %s", path, strerror(errno));
+        o->path = upc_strdup(path);
+        return;
+    }
     o->path = upc_strdup(path);
     size_t n = strlen(path) + 32;
     o->tmp = upc_malloc(n);
     snprintf(o->tmp, n, "%s.tmp.%ld", path, (long)getpid());
     o->fp = fopen(o->tmp, "wb");
     if (!o->fp)
-        upc_fail(errno == ENOENT || errno == ENOTDIR ? EX_CANTCREAT : EX_CANTCREAT,
-                 "%s: cannot create: %s", path, strerror(errno));
+        upc_fail(EX_CANTCREAT, "%s: cannot create: %s", path, strerror(errno));
     upc_tmp_register(o->tmp);
 }
 
@@ -193,10 +222,15 @@ void upc_out_commit(upc_out *o)
 {
     if (fflush(o->fp) != 0)
         upc_fail(EX_IOERR, "%s: write failed: %s", upc_out_name(o), strerror(errno));
-    if (!o->path) {
-        /* stdout: a pipe or a file; fsync errors on pipes are meaningless. */
+    if (!o->tmp) {
+        /* stdout or a device: nothing to rename. */
         if (ferror(o->fp))
-            upc_fail(EX_IOERR, "stdout: write failed");
+            upc_fail(EX_IOERR, "%s: write failed", upc_out_name(o));
+        if (o->fp != stdout && fclose(o->fp) != 0)
+            upc_fail(EX_IOERR, "%s: write failed: %s", o->path, strerror(errno));
+        free(o->path);
+        o->path = NULL;
+        o->fp = NULL;
         return;
     }
     if (fsync(fileno(o->fp)) != 0 && errno != EINVAL)
@@ -337,34 +371,50 @@ void upc_print_version(void)
     printf("%s (upcyc) %s\n", upc_progname, UPCYC_VERSION);
 }
 
+/* Map path if it is a regular file (advice: the madvise hint); false for a
+ * pipe or device, which the caller reads another way. With `what` set,
+ * anything but a regular file fails, naming what was expected. */
+static bool map_regular(upc_mapped *m, const char *path, int advice, const char *what)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        upc_fail(EX_NOINPUT, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        upc_fail(EX_IOERR, "%s: cannot stat: %s", path, strerror(errno));
+    if (what && !S_ISREG(st.st_mode))
+        upc_fail(EX_NOINPUT, "%s: not a regular file, expected %s", path, what);
+    if (S_ISDIR(st.st_mode))
+        upc_fail(EX_NOINPUT, "%s: is a directory, expected a file", path);
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return false;
+    }
+    m->len = (size_t)st.st_size;
+    if (m->len) {
+        m->map = mmap(NULL, m->len, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m->map == MAP_FAILED)
+            upc_fail(EX_IOERR, "%s: cannot map: %s", path, strerror(errno));
+        madvise(m->map, m->len, advice);
+    }
+    m->data = m->map ? m->map : "";
+    close(fd);
+    return true;
+}
+
 void upc_map_file(upc_mapped *m, const char *path)
 {
     memset(m, 0, sizeof *m);
-    if (path && strcmp(path, "-") != 0) {
-        int fd = open(path, O_RDONLY);
-        if (fd < 0)
-            upc_fail(EX_NOINPUT, "%s: cannot open: %s", path, strerror(errno));
-        struct stat st;
-        if (fstat(fd, &st) != 0)
-            upc_fail(EX_IOERR, "%s: cannot stat: %s", path, strerror(errno));
-        if (S_ISDIR(st.st_mode))
-            upc_fail(EX_NOINPUT, "%s: is a directory, expected a file", path);
-        if (S_ISREG(st.st_mode)) {
-            m->len = (size_t)st.st_size;
-            if (m->len) {
-                m->map = mmap(NULL, m->len, PROT_READ, MAP_PRIVATE, fd, 0);
-                if (m->map == MAP_FAILED)
-                    upc_fail(EX_IOERR, "%s: cannot map: %s", path, strerror(errno));
-                madvise(m->map, m->len, MADV_SEQUENTIAL);
-            }
-            m->data = m->map ? m->map : "";
-            close(fd);
-            return;
-        }
-        close(fd);
-    }
+    if (path && strcmp(path, "-") != 0 && map_regular(m, path, MADV_SEQUENTIAL, NULL))
+        return;
     m->heap = upc_read_file(path, &m->len);
     m->data = m->heap;
+}
+
+void upc_map_regular(upc_mapped *m, const char *path, const char *what)
+{
+    memset(m, 0, sizeof *m);
+    map_regular(m, path, MADV_NORMAL, what);
 }
 
 void upc_unmap(upc_mapped *m)

@@ -52,6 +52,12 @@ void upc_out_write(upc_out *o, const void *buf, size_t n);
 void upc_out_commit(upc_out *o);
 const char *upc_out_name(const upc_out *o);
 
+/* "dir/name", newly allocated. */
+char *upc_path_join(const char *dir, const char *name);
+
+/* Fail with EX_USAGE: "tool: message (see tool --help)". */
+void upc_usage_fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+
 /* Refuse to write binary data to a terminal. */
 void upc_refuse_tty(FILE *fp, const char *what);
 
@@ -100,5 +106,9 @@ typedef struct {
 } upc_mapped;
 
 void upc_map_file(upc_mapped *m, const char *path);
+/* A regular file mapped in place for reading at any offset (no sequential
+ * hint); anything else fails with EX_NOINPUT "PATH: not a regular file,
+ * expected WHAT". Release with upc_unmap. */
+void upc_map_regular(upc_mapped *m, const char *path, const char *what);
 void upc_unmap(upc_mapped *m);
 #endif

@@ -274,6 +274,21 @@ EOF
     assert_output_contains "stdin: record 0 (byte 0): truncated"
 }
 
+@test "msgpack nested deeper than msgpack-c's 32 levels: exit 65 naming record and byte" {
+    # A record 1 ahead, then 40 nested one-element arrays (0x91) around a 1.
+    { printf '\x01'; printf '\x91%.0s' $(seq 40); printf '\x01'; } > "$TMP/deep.mpk"
+    run records json -o "$TMP/out.jsonl" "$TMP/deep.mpk"
+    assert_status 65
+    assert_one_error_line records
+    assert_output_contains "$TMP/deep.mpk: record 1 (byte 1): nested deeper than 32 levels"
+    [ ! -e "$TMP/out.jsonl" ]
+    # 32 levels is the limit itself: still read.
+    { printf '\x91%.0s' $(seq 32); printf '\x01'; } > "$TMP/deep32.mpk"
+    run records json "$TMP/deep32.mpk"
+    assert_status 0
+    [ "$output" = "$(printf '[%.0s' $(seq 32))1$(printf ']%.0s' $(seq 32))" ]
+}
+
 @test "non-canonical msgpack: a warning, or an error with --strict" {
     # 5 as uint16, 256 as int16 (same size as the canonical uint16), "ab" as str8.
     printf '\x01\xcd\x00\x05\xd1\x01\x00\xd9\x02ab' > "$TMP/odd.mpk"

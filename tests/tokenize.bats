@@ -168,22 +168,32 @@ roundtrip() {   # file: encode then decode gives the same bytes
     [ "$(jq '.model.vocab | length' "$TMP/gpt2.json")" -eq 50256 ] || [ "$(jq '.model.vocab | length' "$TMP/gpt2.json")" -eq 50257 ]
 }
 
-@test "cl100k_base: encode matches tiktoken's ids for the golden texts" {
+@test "cl100k_base and gpt2: encode matches tiktoken's ids for the golden texts" {
     require_shared_data cl100k_base.tiktoken
-    shopt -s nullglob
-    texts=("$FIXTURES"/tokenize/*.txt)
-    [ "${#texts[@]}" -gt 0 ] || skip "no golden fixtures in tests/fixtures/tokenize"
+    require_shared_data gpt2-encoder.json
+    mkdir "$TMP/gpt2"
+    cp "$SHARED_DATA/gpt2-encoder.json" "$TMP/gpt2/vocab.json"
+    cp "$SHARED_DATA/gpt2-vocab.bpe" "$TMP/gpt2/merges.txt"
     checked=0
-    for txt in "${texts[@]}"; do
-        ids="${txt%.txt}.cl100k.ids"
-        [ -f "$ids" ] || continue
-        tokenize encode --tokenizer "$SHARED_DATA/cl100k_base.tiktoken" "$txt" |
-            records json --tokens | sed -n 2p | jq -c '.tokens' > "$TMP/got"
-        jq -c '.' "$ids" > "$TMP/want"
-        cmp "$TMP/got" "$TMP/want"
-        checked=$((checked + 1))
+    for enc in cl100k gpt2; do
+        tok="$SHARED_DATA/cl100k_base.tiktoken"
+        [ "$enc" = gpt2 ] && tok="$TMP/gpt2/vocab.json"
+        for txt in "$FIXTURES"/tokenize/*.txt; do
+            for mode in plain special; do
+                ids="${txt%.txt}.$enc.ids" flag=
+                [ "$mode" = special ] && ids="${txt%.txt}.$enc.special.ids" flag=--allow-special
+                [ -f "$ids" ] || continue
+                tokenize encode --tokenizer "$tok" $flag "$txt" |
+                    records json --tokens | sed -n 2p | jq -r '.tokens | map(tostring) | join(" ")' > "$TMP/got"
+                if ! diff <(tr -s ' \n' '\n\n' < "$ids" | grep .) <(tr ' ' '\n' < "$TMP/got" | grep .) > /dev/null; then
+                    echo "ids differ for $txt ($enc, $mode)" >&2
+                    return 1
+                fi
+                checked=$((checked + 1))
+            done
+        done
     done
-    [ "$checked" -gt 0 ]
+    [ "$checked" -ge 20 ]
 }
 
 @test "decode: tokenizer mismatch is refused" {
@@ -250,7 +260,9 @@ roundtrip() {   # file: encode then decode gives the same bytes
 
 @test "bad output: full disk, unwritable path, terminal" {
     run tokenize encode --tokenizer "$TOKDIR/tok.json" -o /dev/full "$CORPUS_A"
-    [ "$status" -ne 0 ]
+    assert_status 74
+    assert_one_error_line tokenize
+    [ -c /dev/full ]   # written to, not replaced by a file
     run sh -c "tokenize encode --tokenizer '$TOKDIR/tok.json' '$CORPUS_A' > /dev/full"
     assert_status 74
     assert_one_error_line tokenize
@@ -273,12 +285,12 @@ roundtrip() {   # file: encode then decode gives the same bytes
     mkfifo "$TMP/in.fifo"
     tokenize encode --tokenizer "$TOKDIR/tok.json" -o "$TMP/out.mpk" "$TMP/in.fifo" &
     pid=$!
-    exec 3> "$TMP/in.fifo"
-    printf 'some text that never ends' >&3
+    exec 7> "$TMP/in.fifo"
+    printf 'some text that never ends' >&7
     sleep 0.5
     kill -TERM "$pid"
     wait "$pid" || true
-    exec 3>&-
+    exec 7>&-
     [ ! -e "$TMP/out.mpk" ]
     [ -z "$(ls "$TMP" | grep 'out.mpk')" ]
 }

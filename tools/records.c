@@ -44,13 +44,6 @@ static const char usage[] =
     "  -h, --help         show this help\n"
     "  --version          show the version\n";
 
-static void usage_fail(const char *fmt, const char *arg)
-{
-    char msg[512];
-    snprintf(msg, sizeof msg, fmt, arg);
-    upc_fail(EX_USAGE, "%s (see records --help)", msg);
-}
-
 /* ---------- byte buffers, base64, UTF-8 ---------- */
 
 typedef struct {
@@ -1294,7 +1287,7 @@ static bool value_option(int argc, char **argv, int *i, const char *name, const 
     if (strcmp(a, name) != 0 && !(short_name && strcmp(a, short_name) == 0))
         return false;
     if (*i + 1 >= argc)
-        usage_fail("option '%s' needs a value", a);
+        upc_usage_fail("option '%s' needs a value", a);
     *val = argv[++*i];
     return true;
 }
@@ -1303,7 +1296,7 @@ int main(int argc, char **argv)
 {
     upc_init(argv[0]);
     if (argc < 2)
-        usage_fail("%sexpected a command: json, pack or tsv", "");
+        upc_usage_fail("expected a command: json, pack or tsv");
     if (upc_is_help(argv[1])) {
         fputs(usage, stdout);
         return 0;
@@ -1316,7 +1309,7 @@ int main(int argc, char **argv)
     bool is_json = strcmp(cmd, "json") == 0, is_pack = strcmp(cmd, "pack") == 0,
          is_tsv = strcmp(cmd, "tsv") == 0;
     if (!is_json && !is_pack && !is_tsv)
-        usage_fail("unknown command '%s'; expected json, pack or tsv", cmd);
+        upc_usage_fail("unknown command '%s'; expected json, pack or tsv", cmd);
 
     options opt = {0};
     const char *input = NULL;
@@ -1325,7 +1318,7 @@ int main(int argc, char **argv)
         const char *a = argv[i];
         if (only_files || a[0] != '-' || strcmp(a, "-") == 0) {
             if (input)
-                usage_fail("one input at most; unexpected '%s'", a);
+                upc_usage_fail("one input at most; unexpected '%s'", a);
             input = a;
         } else if (strcmp(a, "--") == 0) {
             only_files = true;
@@ -1337,7 +1330,7 @@ int main(int argc, char **argv)
             return 0;
         } else if (value_option(argc, argv, &i, "--output", "-o", &opt.output)) {
             if (!*opt.output)
-                usage_fail("%s--output needs a file name", "");
+                upc_usage_fail("--output needs a file name");
         } else if (is_json && strcmp(a, "--tokens") == 0) {
             opt.tokens = true;
         } else if (is_json && strcmp(a, "--strict") == 0) {
@@ -1346,11 +1339,9 @@ int main(int argc, char **argv)
         } else if (is_tsv && value_option(argc, argv, &i, "--fields", NULL, &opt.fields)) {
             size_t n = strlen(opt.fields);
             if (!n || opt.fields[0] == ',' || opt.fields[n - 1] == ',' || strstr(opt.fields, ",,"))
-                usage_fail("--fields: expected column names separated by commas, got '%s'", opt.fields);
+                upc_usage_fail("--fields: expected column names separated by commas, got '%s'", opt.fields);
         } else {
-            char msg[300];
-            snprintf(msg, sizeof msg, "unknown option '%.200s' for records %s", a, cmd);
-            usage_fail("%s", msg);
+            upc_usage_fail("unknown option '%.200s' for records %s", a, cmd);
         }
     }
     if (is_json)

@@ -42,13 +42,6 @@ static const char usage[] =
     "  verify  decompress and check everything; exit 0 or 65 naming the\n"
     "          file, frame and byte offset of the first fault\n";
 
-static void usage_fail(const char *fmt, const char *arg)
-{
-    char msg[512];
-    snprintf(msg, sizeof msg, fmt, arg);
-    upc_fail(EX_USAGE, "%s (see shard --help)", msg);
-}
-
 /* ---------- writing ---------- */
 
 static bool is_dir(const char *p)
@@ -57,18 +50,10 @@ static bool is_dir(const char *p)
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-static char *path_join(const char *a, const char *b)
-{
-    size_t n = strlen(a) + strlen(b) + 2;
-    char *p = upc_malloc(n);
-    snprintf(p, n, "%s/%s", a, b);
-    return p;
-}
-
 /* An existing directory --force may replace: a shard directory or empty. */
 static bool replaceable(const char *dir)
 {
-    char *t = path_join(dir, "train"), *v = path_join(dir, "val");
+    char *t = upc_path_join(dir, "train"), *v = upc_path_join(dir, "val");
     bool ok = shard_is_split_dir(t) || shard_is_split_dir(v);
     free(t);
     free(v);
@@ -124,19 +109,19 @@ static int cmd_write(int argc, char **argv)
         else if (strcmp(a, "--") == 0) {
             while (++i < argc) {
                 if (npos == 2)
-                    usage_fail("unexpected argument '%s'", argv[i]);
+                    upc_usage_fail("unexpected argument '%s'", argv[i]);
                 pos[npos++] = argv[i];
             }
         } else if (a[0] == '-' && a[1]) {
-            usage_fail("unknown option or missing value: '%s'", a);
+            upc_usage_fail("unknown option or missing value: '%s'", a);
         } else {
             if (npos == 2)
-                usage_fail("unexpected argument '%s'", a);
+                upc_usage_fail("unexpected argument '%s'", a);
             pos[npos++] = a;
         }
     }
     if (npos == 0)
-        usage_fail("%s", "missing OUTDIR");
+        upc_usage_fail("missing OUTDIR");
 
     char outdir[PATH_MAX];
     snprintf(outdir, sizeof outdir, "%s", pos[0]);
@@ -157,7 +142,7 @@ static int cmd_write(int argc, char **argv)
     if (mkdir(tmp, 0777) != 0)
         upc_fail(EX_CANTCREAT, "%s: cannot create: %s", tmp, strerror(errno));
     upc_tmp_register(tmp);
-    char *tdir = path_join(tmp, "train"), *vdir = path_join(tmp, "val");
+    char *tdir = upc_path_join(tmp, "train"), *vdir = upc_path_join(tmp, "val");
     upc_mkdirs(tdir);
     upc_mkdirs(vdir);
 
@@ -291,6 +276,17 @@ static bool sr_more(const split_reader *s)
     return s->doc < s->ix.ndocs;
 }
 
+/* The split whose next document came first in the original stream (splits
+ * are merged back by position), or -1 when every split is done. */
+static int next_in_order(const split_reader *sr, int n)
+{
+    int pick = -1;
+    for (int i = 0; i < n; i++)
+        if (sr_more(&sr[i]) && (pick < 0 || sr[i].docs[sr[i].doc].position < sr[pick].docs[sr[pick].doc].position))
+            pick = i;
+    return pick;
+}
+
 /* DIR as one split or an OUTDIR of two; returns the number of splits. */
 static int open_splits(const char *dir, split_reader sr[2], bool check_hash)
 {
@@ -298,7 +294,7 @@ static int open_splits(const char *dir, split_reader sr[2], bool check_hash)
         sr_open(&sr[0], dir, check_hash);
         return 1;
     }
-    char *t = path_join(dir, "train"), *v = path_join(dir, "val");
+    char *t = upc_path_join(dir, "train"), *v = upc_path_join(dir, "val");
     if (!is_dir(dir))
         upc_fail(EX_NOINPUT, "%s: no such directory", dir);
     if (!is_dir(t) && !is_dir(v))
@@ -323,14 +319,14 @@ static const char *one_dir_arg(int argc, char **argv, const char **out)
         if (out && strcmp(argv[i], "-o") == 0 && i + 1 < argc)
             *out = argv[++i];
         else if (argv[i][0] == '-' && argv[i][1])
-            usage_fail("unknown option or missing value: '%s'", argv[i]);
+            upc_usage_fail("unknown option or missing value: '%s'", argv[i]);
         else if (dir)
-            usage_fail("unexpected argument '%s'", argv[i]);
+            upc_usage_fail("unexpected argument '%s'", argv[i]);
         else
             dir = argv[i];
     }
     if (!dir)
-        usage_fail("%s", "missing DIR");
+        upc_usage_fail("missing DIR");
     return dir;
 }
 
@@ -345,11 +341,7 @@ static int cmd_cat(int argc, char **argv)
     tokstream_write_header(&w, &sr[0].ix.h);
     tokstream_doc d = {0};
     for (;;) {
-        /* Merge by original position. */
-        int pick = -1;
-        for (int i = 0; i < n; i++)
-            if (sr_more(&sr[i]) && (pick < 0 || sr[i].docs[sr[i].doc].position < sr[pick].docs[sr[pick].doc].position))
-                pick = i;
+        int pick = next_in_order(sr, n);
         if (pick < 0)
             break;
         sr_read_doc(&sr[pick], &d);
@@ -468,10 +460,7 @@ static int cmd_verify(int argc, char **argv)
     tokstream_doc d = {0};
     uint64_t next_position = 0, docs = 0, tokens = 0, chunks = 0;
     for (;;) {
-        int pick = -1;
-        for (int i = 0; i < n; i++)
-            if (sr_more(&sr[i]) && (pick < 0 || sr[i].docs[sr[i].doc].position < sr[pick].docs[sr[pick].doc].position))
-                pick = i;
+        int pick = next_in_order(sr, n);
         if (pick < 0)
             break;
         split_reader *s = &sr[pick];

@@ -5,6 +5,7 @@
  * Exit 0 when all checks pass, 1 on a failed check, 77 when the group needs
  * reference files that are absent (the message says which). */
 #include "bpe.h"
+#include "test_harness.h"
 #include "util.h"
 
 #include <stdarg.h>
@@ -13,18 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static int failures;
 static const char *fixtures, *shared, *tmpdir;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
 
 /* dir/name in one of 32 rotating buffers: copy it to keep it. */
 static char *path_of(const char *dir, const char *name)
@@ -82,12 +72,12 @@ static void check_ids(const bpe_tokenizer *t, const char *what, const char *text
     size_t i = 0;
     while (i < n && i < nwant && ids[i] == want[i])
         i++;
-    CHECK(n == nwant && i == n, "%s: %zu ids, expected %zu; first difference at %zu (got %u, want %u)", what, n,
+    CHECK_MSG(n == nwant && i == n, "%s: %zu ids, expected %zu; first difference at %zu (got %u, want %u)", what, n,
           nwant, i, i < n ? ids[i] : 0, i < nwant ? want[i] : 0);
     char *out = NULL;
     size_t olen = 0, ocap = 0, bad;
-    CHECK(bpe_decode(t, ids, n, &out, &olen, &ocap, &bad), "%s: decode failed at %zu", what, bad);
-    CHECK(olen == len && memcmp(out, text, len) == 0, "%s: decode(encode(x)) != x", what);
+    CHECK_MSG(bpe_decode(t, ids, n, &out, &olen, &ocap, &bad), "%s: decode failed at %zu", what, bad);
+    CHECK_MSG(olen == len && memcmp(out, text, len) == 0, "%s: decode(encode(x)) != x", what);
     free(out);
     free(ids);
     bpe_scratch_free(s);
@@ -230,7 +220,7 @@ static void roundtrip_suite(const bpe_tokenizer *t, const char *name)
         size_t len = upc_splitmix64(&seed) % 4096;
         for (size_t i = 0; i < len; i++)
             buf[i] = (char)upc_splitmix64(&seed);
-        CHECK(roundtrips(t, s, buf, len), "%s: random bytes #%d (%zu bytes) do not round-trip", name, k, len);
+        CHECK_MSG(roundtrips(t, s, buf, len), "%s: random bytes #%d (%zu bytes) do not round-trip", name, k, len);
     }
 #define CASE(what, text) {what, text, sizeof text - 1}
     static const struct { const char *what; const char *text; size_t len; } cases[] = {
@@ -246,14 +236,14 @@ static void roundtrip_suite(const bpe_tokenizer *t, const char *name)
     };
 #undef CASE
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++)
-        CHECK(roundtrips(t, s, cases[k].text, cases[k].len), "%s: %s does not round-trip", name, cases[k].what);
+        CHECK_MSG(roundtrips(t, s, cases[k].text, cases[k].len), "%s: %s does not round-trip", name, cases[k].what);
     /* 1 MB lines: one letter run, spaces, digits, punctuation, mixed. */
     const size_t mb = 1 << 20;
     const char fills[] = {'a', ' ', '7', '!', 0};
     for (int k = 0; k < 5; k++) {
         for (size_t i = 0; i < mb; i++)
             buf[i] = fills[k] ? fills[k] : "ab c1\t?\xc3\xa9"[i % 9];
-        CHECK(roundtrips(t, s, buf, mb), "%s: 1 MB line #%d does not round-trip", name, k);
+        CHECK_MSG(roundtrips(t, s, buf, mb), "%s: 1 MB line #%d does not round-trip", name, k);
     }
     free(buf);
     bpe_scratch_free(s);
@@ -325,7 +315,7 @@ static void group_merging(void)
         bpe_tokenizer *t = small_tokenizer("[a-c]+", small_merges, N_SMALL, !by_id, false, 0, NULL, NULL, err,
                                            sizeof err);
         if (!t) {
-            CHECK(0, "build: %s", err);
+            CHECK_MSG(0, "build: %s", err);
             continue;
         }
         uint64_t seed = 99 + (uint64_t)by_id;
@@ -340,7 +330,7 @@ static void group_merging(void)
             size_t n;
             encode_all(t, text, len, false, &ids, &n);
             bool same = n == nw && memcmp(ids, want, n * sizeof *ids) == 0;
-            CHECK(same, "%s: %zu-byte piece %.*s: ids differ from the naive reference", by_id ? "ranks" : "merges",
+            CHECK_MSG(same, "%s: %zu-byte piece %.*s: ids differ from the naive reference", by_id ? "ranks" : "merges",
                   len, (int)(len < 60 ? len : 60), text);
             free(ids);
         }
@@ -352,10 +342,10 @@ static void group_merging(void)
     uint32_t *ids;
     size_t n;
     encode_all(t, "aaaaa", 5, false, &ids, &n);
-    CHECK(n == 2 && ids[0] == 258 && ids[1] == 259, "aaaaa: expected [aa(258), aaa(259)], got %zu ids", n);
+    CHECK_MSG(n == 2 && ids[0] == 258 && ids[1] == 259, "aaaaa: expected [aa(258), aaa(259)], got %zu ids", n);
     free(ids);
     encode_all(t, "hello world", 11, false, &ids, &n);
-    CHECK(n == 2 && ids[0] == 267 && ids[1] == 272, "hello world: expected [267, 272], got %zu ids (%u ...)", n,
+    CHECK_MSG(n == 2 && ids[0] == 267 && ids[1] == 272, "hello world: expected [267, 272], got %zu ids (%u ...)", n,
           n ? ids[0] : 0);
     free(ids);
     bpe_free(t);
@@ -390,26 +380,26 @@ static void group_golden_cl100k(void)
     bpe_tokenizer *t = must_load(bpe_load_tiktoken(path_of(shared, "cl100k_base.tiktoken"), "cl100k_base", err,
                                                    sizeof err), err);
     check_golden(t, "cl100k", "tiktoken file");
-    CHECK(bpe_vocab_size(t) == 100277, "cl100k vocab size %zu", bpe_vocab_size(t));
-    CHECK(bpe_eos_id(t) == 100257, "cl100k eos %lld", (long long)bpe_eos_id(t));
-    CHECK(bpe_special_id(t, "<|endofprompt|>") == 100276, "endofprompt id");
-    CHECK(strcmp(bpe_pattern(t), bpe_pattern_named("cl100k")) == 0, "pattern");
+    CHECK_MSG(bpe_vocab_size(t) == 100277, "cl100k vocab size %zu", bpe_vocab_size(t));
+    CHECK_MSG(bpe_eos_id(t) == 100257, "cl100k eos %lld", (long long)bpe_eos_id(t));
+    CHECK_MSG(bpe_special_id(t, "<|endofprompt|>") == 100276, "endofprompt id");
+    CHECK_MSG(strcmp(bpe_pattern(t), bpe_pattern_named("cl100k")) == 0, "pattern");
     char d1[32], d2[32];
     bpe_digest(t, d1);
-    CHECK(strncmp(d1, "xxh64:", 6) == 0 && strlen(d1) == 22, "digest format %s", d1);
+    CHECK_MSG(strncmp(d1, "xxh64:", 6) == 0 && strlen(d1) == 22, "digest format %s", d1);
 
     /* Auto-detected (by name), and saved as tokenizer.json then loaded back:
      * same ids (derived merges + ignore_merges). */
     bpe_tokenizer *a = must_load(bpe_load(path_of(shared, "cl100k_base.tiktoken"), err, sizeof err), err);
     bpe_digest(a, d2);
-    CHECK(strcmp(d1, d2) == 0, "digest differs between loads: %s %s", d1, d2);
+    CHECK_MSG(strcmp(d1, d2) == 0, "digest differs between loads: %s %s", d1, d2);
     bpe_free(a);
     char json[4096];
     snprintf(json, sizeof json, "%s/cl100k.tokenizer.json", tmpdir);
-    CHECK(bpe_save_hf_json(t, json), "save %s", json);
+    CHECK_MSG(bpe_save_hf_json(t, json), "save %s", json);
     bpe_tokenizer *h = must_load(bpe_load(json, err, sizeof err), err);
     check_golden(h, "cl100k", "saved tokenizer.json");
-    CHECK(bpe_vocab_size(h) == 100277, "reloaded vocab size %zu", bpe_vocab_size(h));
+    CHECK_MSG(bpe_vocab_size(h) == 100277, "reloaded vocab size %zu", bpe_vocab_size(h));
     bpe_free(h);
     bpe_free(t);
 }
@@ -422,23 +412,23 @@ static void group_golden_gpt2(void)
     bpe_tokenizer *t = must_load(bpe_load_gpt2(path_of(shared, "gpt2-encoder.json"), path_of(shared, "gpt2-vocab.bpe"),
                                                err, sizeof err), err);
     check_golden(t, "gpt2", "vocab.json + merges");
-    CHECK(bpe_vocab_size(t) == 50257, "gpt2 vocab size %zu", bpe_vocab_size(t));
-    CHECK(bpe_eos_id(t) == 50256, "gpt2 eos %lld", (long long)bpe_eos_id(t));
+    CHECK_MSG(bpe_vocab_size(t) == 50257, "gpt2 vocab size %zu", bpe_vocab_size(t));
+    CHECK_MSG(bpe_eos_id(t) == 50256, "gpt2 eos %lld", (long long)bpe_eos_id(t));
     char json[4096], json2[4096];
     snprintf(json, sizeof json, "%s/gpt2.tokenizer.json", tmpdir);
     snprintf(json2, sizeof json2, "%s/gpt2.again.json", tmpdir);
-    CHECK(bpe_save_hf_json(t, json), "save %s", json);
+    CHECK_MSG(bpe_save_hf_json(t, json), "save %s", json);
     bpe_tokenizer *h = must_load(bpe_load_hf_json(json, err, sizeof err), err);
     check_golden(h, "gpt2", "saved tokenizer.json");
     char d1[32], d2[32];
     bpe_digest(t, d1);
     bpe_digest(h, d2);
-    CHECK(strcmp(d1, d2) == 0, "save/load changed the digest: %s %s", d1, d2);
+    CHECK_MSG(strcmp(d1, d2) == 0, "save/load changed the digest: %s %s", d1, d2);
     /* Saved again from the loaded one: the same file. */
-    CHECK(bpe_save_hf_json(h, json2), "save %s", json2);
+    CHECK_MSG(bpe_save_hf_json(h, json2), "save %s", json2);
     size_t l1, l2;
     char *f1 = upc_read_file(json, &l1), *f2 = upc_read_file(json2, &l2);
-    CHECK(l1 == l2 && memcmp(f1, f2, l1) == 0, "saving twice gives different files");
+    CHECK_MSG(l1 == l2 && memcmp(f1, f2, l1) == 0, "saving twice gives different files");
     free(f1);
     free(f2);
     bpe_free(h);
@@ -453,51 +443,51 @@ static void group_special(void)
     uint32_t sid[] = {300, 301, 290};
     bpe_tokenizer *t = must_load(small_tokenizer(bpe_pattern_named("gpt2"), small_merges, N_SMALL, true, false, 3,
                                                  sp, sid, err, sizeof err), err);
-    CHECK(bpe_vocab_size(t) == 302, "vocab size with specials %zu", bpe_vocab_size(t));
-    CHECK(bpe_special_id(t, "<s>") == 290 && bpe_special_id(t, "<|eot|>") == 300 && bpe_special_id(t, "nope") == -1,
+    CHECK_MSG(bpe_vocab_size(t) == 302, "vocab size with specials %zu", bpe_vocab_size(t));
+    CHECK_MSG(bpe_special_id(t, "<s>") == 290 && bpe_special_id(t, "<|eot|>") == 300 && bpe_special_id(t, "nope") == -1,
           "special ids");
-    CHECK(bpe_eos_id(t) == -1, "no eos among these specials");
+    CHECK_MSG(bpe_eos_id(t) == -1, "no eos among these specials");
     const char *text = "ab<|eot|>xc<s><|eot|>";
     uint32_t *ids;
     size_t n;
     encode_all(t, text, strlen(text), true, &ids, &n);
     /* "ab" then the longest special "<|eot|>x", "c", "<s>", "<|eot|>". */
     uint32_t want[] = {256, 301, 'c', 290, 300};
-    CHECK(n == 5 && memcmp(ids, want, sizeof want) == 0, "allowed specials: got %zu ids", n);
+    CHECK_MSG(n == 5 && memcmp(ids, want, sizeof want) == 0, "allowed specials: got %zu ids", n);
     char *out = NULL;
     size_t olen = 0, ocap = 0, bad;
-    CHECK(bpe_decode(t, ids, n, &out, &olen, &ocap, &bad) && olen == strlen(text) && memcmp(out, text, olen) == 0,
+    CHECK_MSG(bpe_decode(t, ids, n, &out, &olen, &ocap, &bad) && olen == strlen(text) && memcmp(out, text, olen) == 0,
           "specials decode back to their strings");
     free(ids);
     encode_all(t, text, strlen(text), false, &ids, &n);
     bool none = true;
     for (size_t i = 0; i < n; i++)
         none = none && ids[i] < 290;
-    CHECK(none && n > 5, "specials not allowed: encoded as text (%zu ids)", n);
+    CHECK_MSG(none && n > 5, "specials not allowed: encoded as text (%zu ids)", n);
     olen = 0;
-    CHECK(bpe_decode(t, ids, n, &out, &olen, &ocap, &bad) && olen == strlen(text) && memcmp(out, text, olen) == 0,
+    CHECK_MSG(bpe_decode(t, ids, n, &out, &olen, &ocap, &bad) && olen == strlen(text) && memcmp(out, text, olen) == 0,
           "specials as text decode back");
     free(ids);
     /* Ids outside the vocabulary (and holes) stop decoding. */
     uint32_t badids[] = {'a', 280, 'b'};
-    CHECK(!bpe_decode(t, badids, 3, &out, &olen, &ocap, &bad) && bad == 1, "hole id 280 must fail at index 1");
+    CHECK_MSG(!bpe_decode(t, badids, 3, &out, &olen, &ocap, &bad) && bad == 1, "hole id 280 must fail at index 1");
     uint32_t big[] = {'a', 'b', 5000};
-    CHECK(!bpe_decode(t, big, 3, &out, &olen, &ocap, &bad) && bad == 2, "id 5000 must fail at index 2");
+    CHECK_MSG(!bpe_decode(t, big, 3, &out, &olen, &ocap, &bad) && bad == 2, "id 5000 must fail at index 2");
     uint32_t len;
-    CHECK(bpe_token_bytes(t, 280, &len) == NULL && len == 0, "hole has no bytes");
+    CHECK_MSG(bpe_token_bytes(t, 280, &len) == NULL && len == 0, "hole has no bytes");
     const unsigned char *b = bpe_token_bytes(t, 290, &len);
-    CHECK(b && len == 3 && memcmp(b, "<s>", 3) == 0, "special bytes");
+    CHECK_MSG(b && len == 3 && memcmp(b, "<s>", 3) == 0, "special bytes");
     free(out);
     bpe_free(t);
 }
 
 static void expect_load_error(bpe_tokenizer *t, const char *err, const char *file, const char *also, const char *what)
 {
-    CHECK(t == NULL, "%s: loaded, expected an error", what);
+    CHECK_MSG(t == NULL, "%s: loaded, expected an error", what);
     bpe_free(t);
-    CHECK(strstr(err, file) != NULL, "%s: message does not name %s: %s", what, file, err);
-    CHECK(!also || strstr(err, also) != NULL, "%s: message lacks \"%s\": %s", what, also, err);
-    CHECK(strchr(err, '\n') == NULL, "%s: message is not one line: %s", what, err);
+    CHECK_MSG(strstr(err, file) != NULL, "%s: message does not name %s: %s", what, file, err);
+    CHECK_MSG(!also || strstr(err, also) != NULL, "%s: message lacks \"%s\": %s", what, also, err);
+    CHECK_MSG(strchr(err, '\n') == NULL, "%s: message is not one line: %s", what, err);
 }
 
 static const char *hf_doc(const char *model, const char *pre, const char *added)
@@ -558,13 +548,13 @@ static void group_hf_json(void)
         uint32_t *ids;
         size_t n;
         encode_all(t, "abcab<|end|>", 12, true, &ids, &n);
-        CHECK(n == 3 && ids[0] == 257 && ids[1] == 256 && ids[2] == 258, "hf json #%d: got %zu ids", k, n);
+        CHECK_MSG(n == 3 && ids[0] == 257 && ids[1] == 256 && ids[2] == 258, "hf json #%d: got %zu ids", k, n);
         free(ids);
-        CHECK(strcmp(bpe_pattern(t), k ? bpe_pattern_named("gpt2") : "[a-z]+|[^a-z]+") == 0, "pattern #%d", k);
+        CHECK_MSG(strcmp(bpe_pattern(t), k ? bpe_pattern_named("gpt2") : "[a-z]+|[^a-z]+") == 0, "pattern #%d", k);
         bpe_digest(t, d[k]);
         bpe_free(t);
     }
-    CHECK(strcmp(d[0], d[1]) != 0, "different patterns, same digest");
+    CHECK_MSG(strcmp(d[0], d[1]) != 0, "different patterns, same digest");
     /* ignore_merges: "abc" is found whole although no merge chain reaches
      * it; without the flag it is "ab" + "c"... here no merge makes abc. */
     snprintf(model, sizeof model, "{\"type\":\"BPE\",\"ignore_merges\":%%s,\"vocab\":%s,\"merges\":[\"a b\"]}",
@@ -577,20 +567,20 @@ static void group_hf_json(void)
         uint32_t *ids;
         size_t n;
         encode_all(t, "abc", 3, false, &ids, &n);
-        CHECK(k ? (n == 1 && ids[0] == 257) : (n == 2 && ids[0] == 256 && ids[1] == 'c'),
+        CHECK_MSG(k ? (n == 1 && ids[0] == 257) : (n == 2 && ids[0] == 256 && ids[1] == 'c'),
               "ignore_merges %d: got %zu ids", k, n);
         free(ids);
         bpe_digest(t, d[k]);
         bpe_free(t);
     }
-    CHECK(strcmp(d[0], d[1]) != 0, "ignore_merges does not change the digest");
+    CHECK_MSG(strcmp(d[0], d[1]) != 0, "ignore_merges does not change the digest");
     /* A directory holding tokenizer.json. */
     const char *dir = path_of(tmpdir, "tokdir");
     mkdir(dir, 0755);
     snprintf(model, sizeof model, "{\"type\":\"BPE\",\"vocab\":%s,\"merges\":[\"a b\"]}", byte_vocab_json(""));
     write_file(path_of(dir, "tokenizer.json"), hf_doc(model, seq, "[]"));
     bpe_tokenizer *t = bpe_load(dir, err, sizeof err);
-    CHECK(t != NULL, "directory: %s", err);
+    CHECK_MSG(t != NULL, "directory: %s", err);
     bpe_free(t);
 }
 
@@ -645,7 +635,7 @@ static void group_errors(void)
     expect_load_error(bpe_load_gpt2(vj, mt, err, sizeof err), err, vj, "not a token", "merge makes no token");
     write_file(mt, "a b\nab c\n");
     bpe_tokenizer *ok = bpe_load_gpt2(vj, mt, err, sizeof err);
-    CHECK(ok != NULL, "good vocab.json + merges.txt: %s", err);
+    CHECK_MSG(ok != NULL, "good vocab.json + merges.txt: %s", err);
     bpe_free(ok);
     /* tiktoken: bad base64, bad rank, rank twice, unknown encoding. */
     const char *tk = path_of(tmpdir, "bad.tiktoken");
@@ -668,12 +658,12 @@ static void group_errors(void)
     expect_load_error(bpe_load_tiktoken(tk, "k9_base", err, sizeof err), err, tk, "k9_base", "unknown encoding");
     expect_load_error(bpe_load(tk, err, sizeof err), err, tk, "258 ranks", "unguessable encoding");
     bpe_tokenizer *small = bpe_load_tiktoken(tk, "r50k_base", err, sizeof err);
-    CHECK(small != NULL, "small rank file as r50k_base: %s", err);
+    CHECK_MSG(small != NULL, "small rank file as r50k_base: %s", err);
     if (small) {
         uint32_t *ids;
         size_t n;
         encode_all(small, "abc ab", 6, false, &ids, &n);
-        CHECK(n == 3 && ids[0] == 257 && ids[1] == ' ' && ids[2] == 256, "rank-file encode: %zu ids", n);
+        CHECK_MSG(n == 3 && ids[0] == 257 && ids[1] == ' ' && ids[2] == 256, "rank-file encode: %zu ids", n);
         free(ids);
         bpe_free(small);
     }
@@ -691,16 +681,16 @@ static void group_errors(void)
 
     /* Build errors. */
     bpe_tokenizer *t = small_tokenizer("([a-z", small_merges, N_SMALL, true, false, 0, NULL, NULL, err, sizeof err);
-    CHECK(!t && strstr(err, "regex"), "bad regex: %s", err);
+    CHECK_MSG(!t && strstr(err, "regex"), "bad regex: %s", err);
     bpe_free(t);
     const char *sp[] = {"<x>"};
     uint32_t sid[] = {'a'};
     t = small_tokenizer("[a-z]+", small_merges, N_SMALL, true, false, 1, sp, sid, err, sizeof err);
-    CHECK(!t && strstr(err, "ordinary"), "special on an ordinary id: %s", err);
+    CHECK_MSG(!t && strstr(err, "ordinary"), "special on an ordinary id: %s", err);
     bpe_free(t);
     /* Saving to an unwritable place fails with errno, leaving nothing. */
     t = must_load(small_tokenizer("[a-z]+", small_merges, N_SMALL, true, false, 0, NULL, NULL, err, sizeof err), err);
-    CHECK(!bpe_save_hf_json(t, path_of(missing, "x.json")), "save into a missing directory must fail");
+    CHECK_MSG(!bpe_save_hf_json(t, path_of(missing, "x.json")), "save into a missing directory must fail");
     bpe_free(t);
 }
 

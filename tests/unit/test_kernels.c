@@ -422,7 +422,7 @@ static void test_cross_entropy(void)
     double zero = 0.0;
     for (int j = 0; j < V; j++)
         zero += fabs(gh[2 * V + j]) + fabs(gh[6 * V + j]);
-    CHECK(zero == 0.0, "cross_entropy_bwd: ignored rows have a gradient");
+    CHECK_MSG(zero == 0.0, "cross_entropy_bwd: ignored rows have a gradient");
     /* without lse, and in place over the logits: same values */
     float *inplace = dev_from(x, n);
     K->cross_entropy_bwd(K, inplace, dt, NULL, inplace, rows, V, scale);
@@ -449,7 +449,7 @@ static void test_math(void)
     float om = -INFINITY, ol = 0.0f;
     for (int i = 0; i < 9; i++)
         upc_softmax_step(&om, &ol, xs[i]);
-    CHECK(fabs(om + log(ol) - want) < 1e-5, "online softmax step: lse %g want %g",
+    CHECK_MSG(fabs(om + log(ol) - want) < 1e-5, "online softmax step: lse %g want %g",
           om + log(ol), want);
     float am = -INFINITY, al = 0.0f, bm = -INFINITY, bl = 0.0f;
     for (int i = 0; i < 4; i++)
@@ -457,15 +457,15 @@ static void test_math(void)
     for (int i = 4; i < 9; i++)
         upc_softmax_step(&bm, &bl, xs[i]);
     upc_softmax_merge(&am, &al, bm, bl);
-    CHECK(fabs(am + log(al) - want) < 1e-5, "online softmax merge: lse %g want %g",
+    CHECK_MSG(fabs(am + log(al) - want) < 1e-5, "online softmax merge: lse %g want %g",
           am + log(al), want);
     for (double x = -6; x <= 6; x += 0.75) {
         double h = 1e-3, num = (upc_silu((float)(x + h)) - upc_silu((float)(x - h))) / (2 * h);
-        CHECK(fabs(num - upc_silu_grad((float)x)) < 1e-3, "silu_grad at %g: %g vs %g", x,
+        CHECK_MSG(fabs(num - upc_silu_grad((float)x)) < 1e-3, "silu_grad at %g: %g vs %g", x,
               (double)upc_silu_grad((float)x), num);
     }
-    CHECK(upc_rope_inv_freq(0, 8, 10000.0f) == 1.0f, "rope inv_freq(0) is not 1");
-    CHECK(fabs(upc_rope_inv_freq(2, 8, 10000.0f) - 0.01) < 1e-8, "rope inv_freq(2, hd 8) is not 0.01");
+    CHECK_MSG(upc_rope_inv_freq(0, 8, 10000.0f) == 1.0f, "rope inv_freq(0) is not 1");
+    CHECK_MSG(fabs(upc_rope_inv_freq(2, 8, 10000.0f) - 0.01) < 1e-8, "rope inv_freq(2, hd 8) is not 0.01");
 }
 
 /* ---- optimizers --------------------------------------------------------------- */
@@ -496,7 +496,7 @@ static void test_optim(void)
     expect_close("adamw step 2 p", p, &want_p2, 1, 1e-7, 1e-6);
     expect_close("adamw step 2 m", m, &want_m2, 1, 0, 1e-5);
     expect_close("adamw step 2 v", v, &want_v2, 1, 0, 5e-5);
-    CHECK(fabs(want_p2 - 0.871467) < 1e-5, "adamw hand value drifted: %.7f", want_p2);
+    CHECK_MSG(fabs(want_p2 - 0.871467) < 1e-5, "adamw hand value drifted: %.7f", want_p2);
 
     /* no decay, grad_scale halves the gradient: p=2, g=4 -> g_eff=2,
      * step 1: p = 2 - 0.1 * 2/(2+1e-8) = 1.9 */

@@ -98,7 +98,7 @@ static void test_router(void)
         int same = 1;
         for (int i = 0; i < N * KK; i++)
             same &= ih[i] == iref[i];
-        CHECK(same, "router_fwd top-k indices (ties to the lower index): row 2 got %d,%d want %d,%d",
+        CHECK_MSG(same, "router_fwd top-k indices (ties to the lower index): row 2 got %d,%d want %d,%d",
               ih[4], ih[5], iref[4], iref[5]);
         free(ih);
         K->free(K, dx), K->free(K, probs), K->free(K, w), K->free(K, idx);
@@ -143,7 +143,7 @@ static void test_dispatch(void)
     int ok = o[0] == 0;
     for (int e = 0; e < HE; e++)
         ok &= c[e] == want_counts[e] && o[e + 1] == o[e] + want_counts[e];
-    CHECK(ok, "moe_dispatch counts/offsets wrong");
+    CHECK_MSG(ok, "moe_dispatch counts/offsets wrong");
     /* perm: expert-sorted, and within an expert by assignment (token, slot) */
     int sorted = 1, inverse = 1;
     for (int s = 0; s < N * KK; s++) {
@@ -153,11 +153,11 @@ static void test_dispatch(void)
         }
         inverse &= ps[pm[s]] == s;
     }
-    CHECK(sorted, "moe_dispatch perm is not sorted by (expert, token, slot)");
-    CHECK(inverse, "moe_dispatch pos is not the inverse of perm");
+    CHECK_MSG(sorted, "moe_dispatch perm is not sorted by (expert, token, slot)");
+    CHECK_MSG(inverse, "moe_dispatch pos is not the inverse of perm");
     for (int e = 0; e < HE; e++)
         for (int s = o[e]; s < o[e + 1]; s++)
-            CHECK(hand_idx[pm[s]] == e, "moe_dispatch row %d is not expert %d's", s, e);
+            CHECK_MSG(hand_idx[pm[s]] == e, "moe_dispatch row %d is not expert %d's", s, e);
     free(c), free(o), free(pm), free(ps);
 
     /* gather: Xs[s] = X[perm[s]/k]; round trip through pos gives X back */
@@ -168,7 +168,7 @@ static void test_dispatch(void)
     int round = 1;
     for (int a = 0; a < N * KK; a++)
         round &= memcmp(xs + (size_t)psh[a] * D, X + (size_t)(a / KK) * D, D * sizeof(float)) == 0;
-    CHECK(round, "moe_gather then pos: rows do not come back to their tokens");
+    CHECK_MSG(round, "moe_gather then pos: rows do not come back to their tokens");
 
     /* gather bwd: the gradient of sum r.Xs w.r.t. X */
     float *r = host_rand(N * KK * D, -1, 1), *dr = dev_from(r, N * KK * D), *g = dev_zeros(N * D);
@@ -264,7 +264,7 @@ static void test_grouped_gemm(void)
     int empty_zero = 1;
     for (int i = 1 * F * D; i < 2 * F * D; i++)
         empty_zero &= gwh[i] == 0.0f;
-    CHECK(empty_zero, "grouped_gemm_dw beta 0 did not zero the empty group");
+    CHECK_MSG(empty_zero, "grouped_gemm_dw beta 0 did not zero the empty group");
     struct gg_ctx c = {offs, dX, dW, Y, rows, r};
     expect_grad("grouped_gemm_dx", dX, rows * D, gX, gg_loss, &c, 1e-2, 1e-3);
     expect_grad("grouped_gemm_dw", dW, HE * F * D, gW, gg_loss, &c, 1e-2, 1e-3);

@@ -1,11 +1,13 @@
 /* test_kernels_util.h: what the kernel tests share: a seeded generator,
  * device buffers filled from the host, comparisons that name the failing
- * check, and a central-difference gradient checker. Tests go through the
- * kernel table only (upload/download), so they can run on any backend. */
+ * check (CHECK_MSG, from test_harness.h), and a central-difference gradient
+ * checker. Tests go through the kernel table only (upload/download), so they
+ * can run on any backend. */
 #ifndef TEST_KERNELS_UTIL_H
 #define TEST_KERNELS_UTIL_H
 
 #include "kernels.h"
+#include "test_harness.h"
 #include "util.h"
 
 #include <math.h>
@@ -14,18 +16,7 @@
 #include <string.h>
 
 static const upc_kernels *K;
-static int failures;
 static uint64_t rng_state = 12345;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fprintf(stderr, "\n");                                            \
-            failures++;                                                       \
-        }                                                                     \
-    } while (0)
 
 /* Uniform in [lo, hi). */
 static inline double urand(double lo, double hi)
@@ -106,7 +97,7 @@ static inline void expect_close(const char *what, const float *got_dev, const do
             }
         }
     }
-    CHECK(bad == 0, "%s: %zu of %zu elements off; worst [%zu] got %.8g want %.8g", what,
+    CHECK_MSG(bad == 0, "%s: %zu of %zu elements off; worst [%zu] got %.8g want %.8g", what,
           bad, n, worst, (double)got[worst], ref[worst]);
     free(got);
 }
@@ -118,7 +109,7 @@ static inline void expect_same_bits(const char *what, const void *a_dev, const v
     char *a = upc_malloc(bytes ? bytes : 1), *b = upc_malloc(bytes ? bytes : 1);
     K->download(K, a, a_dev, bytes);
     K->download(K, b, b_dev, bytes);
-    CHECK(memcmp(a, b, bytes) == 0, "%s: bits differ", what);
+    CHECK_MSG(memcmp(a, b, bytes) == 0, "%s: bits differ", what);
     free(a);
     free(b);
 }
@@ -167,7 +158,7 @@ static inline void expect_grad(const char *what, float *x_dev, size_t n, const f
         }
     }
     double rel = sqrt(diff2) / (sqrt(num2) + 1e-6);
-    CHECK(rel <= tol, "%s: gradient relative error %.3g > %.3g; worst [%zu] analytic %.6g numeric %.6g",
+    CHECK_MSG(rel <= tol, "%s: gradient relative error %.3g > %.3g; worst [%zu] analytic %.6g numeric %.6g",
           what, rel, tol, worst_i, (double)ana[worst_i], worst_num);
     free(ana);
 }

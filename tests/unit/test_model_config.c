@@ -6,76 +6,14 @@
  * Bad configs run in a child process, since the library fails the tool: the
  * child must exit 65 (66 for a missing file) with one line naming the field. */
 #include "model_config.h"
+#include "test_harness.h"
 #include "util.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-static int checks, failures;
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        checks++;                                                                      \
-        if (!(cond)) {                                                                 \
-            failures++;                                                                \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);            \
-        }                                                                              \
-    } while (0)
 
 static const char *fixtures, *scratch;
-
-/* In the child: leave at once with the status upc_fail gave, before the
- * leak checker runs (a failing tool exits with its state still allocated,
- * and util.c drops its temp-output names without freeing them). */
-static void exit_now(int status, void *arg)
-{
-    (void)arg;
-    _exit(status);
-}
-
-static void expect_fail_fn(int line, void (*fn)(const void *), const void *arg, int code, const char *const *want)
-{
-    int fds[2];
-    if (pipe(fds) != 0)
-        upc_fail(EX_OSERR, "pipe");
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        on_exit(exit_now, NULL);
-        fn(arg);
-        _exit(0);
-    }
-    close(fds[1]);
-    char out[4096];
-    size_t n = 0;
-    ssize_t got;
-    while ((got = read(fds[0], out + n, sizeof out - 1 - n)) > 0)
-        n += (size_t)got;
-    out[n] = 0;
-    close(fds[0]);
-    int status;
-    waitpid(pid, &status, 0);
-    bool ok = WIFEXITED(status) && WEXITSTATUS(status) == code;
-    const char *nl = strchr(out, '\n');
-    ok = ok && nl && nl[1] == 0 && strncmp(out, "test_model_config: ", 19) == 0;
-    for (int i = 0; want[i]; i++)
-        ok = ok && strstr(out, want[i]);
-    checks++;
-    if (!ok) {
-        failures++;
-        fprintf(stderr, "FAIL line %d: expected exit %d and one line with", line, code);
-        for (int i = 0; want[i]; i++)
-            fprintf(stderr, " [%s]", want[i]);
-        fprintf(stderr, "; got exit %d, output: %s\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1, out);
-    }
-}
-#define EXPECT_FAIL(fn, arg, code, ...) \
-    expect_fail_fn(__LINE__, fn, arg, code, (const char *const[]){__VA_ARGS__, NULL})
 
 static void parse_text(const void *text)
 {
