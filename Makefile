@@ -41,7 +41,7 @@ endif
 .PHONY: all test demo deps clean check-sanitize
 all: $(TOOL_BINS) $(UNIT_BINS) $(GPU_LIB)
 
-$(BUILD)/%.o: %.c $(wildcard lib/*.h) | $(BUILD)/lib $(BUILD)/tools $(BUILD)/tests/unit
+$(BUILD)/%.o: %.c $(wildcard lib/*.h) $(wildcard tests/unit/*.h) | $(BUILD)/lib $(BUILD)/tools $(BUILD)/tests/unit
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/libupcyc.a: $(LIB_OBJ)

@@ -4,12 +4,11 @@
  * lowest rank first, leftmost on ties, the way GPT-2, tiktoken and HF
  * tokenizers do it. Lookups go through open-addressing hash tables: token
  * bytes -> id and (left id, right id) -> (rank, merged id). */
-#define PCRE2_CODE_UNIT_WIDTH 8
 #include "bpe.h"
 #include "bpe_internal.h"
+#include "pretok.h"
 #include "util.h"
 
-#include <pcre2.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,8 +40,7 @@ typedef struct {
 
 struct bpe_tokenizer {
     char *pattern;
-    pcre2_code *re;
-    bool jit;
+    pretok_pattern pre;
 
     size_t n_ordinary;          /* ordinary id range */
     size_t vocab_size;          /* max id + 1, specials included */
@@ -207,56 +205,6 @@ static const char *show_bytes(const unsigned char *p, size_t n, char buf[64])
     return buf;
 }
 
-/* PCRE2's \s (with UCP) also matches U+180E, which tiktoken's regex engine
- * (Rust, Unicode White_Space) does not; spell \s and \S as the property so
- * pre-tokens agree. Escapes are copied pairwise, \Q...\E verbatim. */
-static char *whitespace_as_property(const char *pat)
-{
-    size_t n = strlen(pat);
-    char *out = upc_malloc(n * 8 + 1), *o = out;
-    for (size_t i = 0; i < n; i++) {
-        if (pat[i] != '\\' || i + 1 == n) {
-            *o++ = pat[i];
-            continue;
-        }
-        char c = pat[++i];
-        if (c == 's' || c == 'S') {
-            o += sprintf(o, "\\%c{White_Space}", c == 's' ? 'p' : 'P');
-        } else if (c == 'Q') {
-            const char *e = strstr(pat + i + 1, "\\E");
-            size_t k = e ? (size_t)(e - pat) + 1 : n - 1;
-            memcpy(o, pat + i - 1, k - i + 2);
-            o += k - i + 2;
-            i = k;
-        } else {
-            *o++ = '\\';
-            *o++ = c;
-        }
-    }
-    *o = 0;
-    return out;
-}
-
-static bool compile_pattern(bpe_tokenizer *t, char *err, size_t errlen)
-{
-    int code;
-    PCRE2_SIZE at;
-    char *pat = whitespace_as_property(t->pattern);
-    t->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED,
-                          PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &code, &at, NULL);
-    free(pat);
-    if (!t->re) {
-        PCRE2_UCHAR msg[256];
-        pcre2_get_error_message(code, msg, sizeof msg);
-        bpe_set_err(err, errlen, "bad pre-tokenization regex at offset %zu: %s", (size_t)at, (char *)msg);
-        return false;
-    }
-    /* Without JIT (unsupported CPU) the interpreter still gives the same
-     * pre-tokens, only slower. */
-    t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
-    return true;
-}
-
 bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
 {
     char hex[64];
@@ -273,7 +221,7 @@ bpe_tokenizer *bpe_build(const bpe_spec *s, char *err, size_t errlen)
     t->ignore_merges = s->ignore_merges;
     t->n_ordinary = s->n_tokens;
     t->vocab_size = s->n_tokens;
-    if (!compile_pattern(t, err, errlen))
+    if (!pretok_compile(&t->pre, t->pattern, err, errlen))
         goto fail;
 
     for (size_t i = 0; i < s->n_special; i++) {
@@ -460,7 +408,7 @@ void bpe_free(bpe_tokenizer *t)
     if (!t)
         return;
     free(t->pattern);
-    pcre2_code_free(t->re);
+    pretok_free(&t->pre);
     free(t->blob);
     free(t->off);
     free(t->len);
@@ -592,9 +540,7 @@ typedef struct {
 
 struct bpe_scratch {
     const bpe_tokenizer *t;
-    pcre2_match_data *md;
-    pcre2_match_context *mc;
-    pcre2_jit_stack *js;
+    pretok_matcher m;
     /* Long-piece merging: per byte position, the part starting there. */
     uint32_t *id, *rank, *merged, *next, *prev;
     size_t cap;
@@ -607,17 +553,7 @@ bpe_scratch *bpe_scratch_new(const bpe_tokenizer *t)
 {
     bpe_scratch *s = upc_calloc(1, sizeof *s);
     s->t = t;
-    s->md = pcre2_match_data_create_from_pattern(t->re, NULL);
-    s->mc = pcre2_match_context_create(NULL);
-    if (!s->md || !s->mc)
-        upc_fail(EX_OSERR, "out of memory");
-    if (t->jit) {
-        /* Room for deep backtracking on long runs of one character class. */
-        s->js = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, NULL);
-        if (!s->js)
-            upc_fail(EX_OSERR, "out of memory");
-        pcre2_jit_stack_assign(s->mc, NULL, s->js);
-    }
+    pretok_matcher_init(&s->m, &t->pre);
     s->cache = upc_calloc(CACHE_SLOTS, sizeof *s->cache);
     return s;
 }
@@ -626,9 +562,7 @@ void bpe_scratch_free(bpe_scratch *s)
 {
     if (!s)
         return;
-    pcre2_match_data_free(s->md);
-    pcre2_match_context_free(s->mc);
-    pcre2_jit_stack_free(s->js);
+    pretok_matcher_free(&s->m);
     free(s->id);
     free(s->rank);
     free(s->merged);
@@ -829,31 +763,23 @@ static void encode_piece(const bpe_tokenizer *t, bpe_scratch *s, const unsigned 
     }
 }
 
-/* Bytes no alternative matched (invalid UTF-8, or characters a custom
- * pattern leaves out) form one pre-token of their own. */
+typedef struct {
+    const bpe_tokenizer *t;
+    bpe_scratch *s;
+    out_ids *o;
+} piece_sink;
+
+static void encode_piece_cb(void *ctx, const unsigned char *p, size_t n)
+{
+    piece_sink *k = ctx;
+    encode_piece(k->t, k->s, p, n, k->o);
+}
+
 static void encode_ordinary(const bpe_tokenizer *t, bpe_scratch *s, const unsigned char *text, size_t len,
                             out_ids *o)
 {
-    size_t gap = 0, from = 0;
-    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(s->md);
-    while (from < len) {
-        int rc = t->jit ? pcre2_jit_match(t->re, text, len, from, 0, s->md, s->mc)
-                        : pcre2_match(t->re, text, len, from, 0, s->md, s->mc);
-        if (rc == PCRE2_ERROR_NOMATCH)
-            break;
-        if (rc < 0 || ov[1] == ov[0]) {
-            /* A match error (resource limit) or an empty match: the byte
-             * joins the unmatched run and the search goes on after it. */
-            from = (rc < 0 ? from : ov[0]) + 1;
-            continue;
-        }
-        if (ov[0] > gap)
-            encode_piece(t, s, text + gap, ov[0] - gap, o);
-        encode_piece(t, s, text + ov[0], ov[1] - ov[0], o);
-        gap = from = ov[1];
-    }
-    if (len > gap)
-        encode_piece(t, s, text + gap, len - gap, o);
+    piece_sink k = {t, s, o};
+    pretok_split(&s->m, text, len, encode_piece_cb, &k);
 }
 
 /* The leftmost special token in text (longest when several start there). */

@@ -53,9 +53,9 @@ bpe_tokenizer *bpe_load_tiktoken(const char *path, const char *encoding, char *e
 bpe_tokenizer *bpe_load(const char *path, char *err, size_t errlen);
 
 /* Write HF tokenizer.json (model BPE, byte-level pre-tokenizer and decoder,
- * special tokens as added_tokens). Returns false with errno set on I/O error;
- * writes to a temporary name and renames. */
-bool bpe_save_hf_json(const bpe_tokenizer *t, const char *path);
+ * special tokens as added_tokens), atomically (upc_out). An I/O error fails
+ * the tool (EX_CANTCREAT, EX_IOERR) and leaves nothing behind. */
+void bpe_save_hf_json(const bpe_tokenizer *t, const char *path);
 
 /* Sizes and names. */
 size_t bpe_vocab_size(const bpe_tokenizer *t);   /* max id + 1, specials included */

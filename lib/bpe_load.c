@@ -630,9 +630,11 @@ bpe_tokenizer *bpe_load_tiktoken(const char *path, const char *encoding, char *e
         if (rank >= v.n_tokens) {
             size_t old = cap;
             upc_grow((void **)&v.bytes, &cap, (size_t)rank + 1, sizeof *v.bytes);
-            v.lens = upc_realloc(v.lens, cap * sizeof *v.lens);
-            memset(v.bytes + old, 0, (cap - old) * sizeof *v.bytes);
-            memset(v.lens + old, 0, (cap - old) * sizeof *v.lens);
+            if (cap != old) {   /* grown: lens follows, new slots empty */
+                v.lens = upc_realloc(v.lens, cap * sizeof *v.lens);
+                memset(v.bytes + old, 0, (cap - old) * sizeof *v.bytes);
+                memset(v.lens + old, 0, (cap - old) * sizeof *v.lens);
+            }
             v.n_tokens = (size_t)rank + 1;
         }
         if (v.bytes[rank]) {
@@ -842,35 +844,11 @@ static bool write_hf_json(const bpe_tokenizer *t, FILE *fp)
     return !ferror(fp);
 }
 
-bool bpe_save_hf_json(const bpe_tokenizer *t, const char *path)
+void bpe_save_hf_json(const bpe_tokenizer *t, const char *path)
 {
-    size_t n = strlen(path) + 32;
-    char *tmp = upc_malloc(n);
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    FILE *fp = fopen(tmp, "wb");
-    if (!fp) {
-        free(tmp);
-        return false;
-    }
-    upc_tmp_register(tmp);
-    bool ok = write_hf_json(t, fp);
-    int e = errno;
-    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) {
-        ok = false;
-        e = errno;
-    }
-    if (fclose(fp) != 0 && ok) {
-        ok = false;
-        e = errno;
-    }
-    if (ok && rename(tmp, path) != 0) {
-        ok = false;
-        e = errno;
-    }
-    if (!ok)
-        unlink(tmp);
-    upc_tmp_unregister(tmp);
-    free(tmp);
-    errno = e;
-    return ok;
+    upc_out o;
+    upc_out_open(&o, path);
+    if (!write_hf_json(t, o.fp))
+        upc_fail(EX_IOERR, "%s: write failed: %s", path, strerror(errno));
+    upc_out_commit(&o);
 }

@@ -12,11 +12,11 @@
  * Token bytes are unique (a merge that makes existing bytes reuses that id,
  * as HF does), so this is a total order and the result never depends on
  * hashes or feeding order. */
-#define PCRE2_CODE_UNIT_WIDTH 8
 #include "bpe_train.h"
+#include "bpe_internal.h"
+#include "pretok.h"
 #include "util.h"
 
-#include <pcre2.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,11 +60,8 @@ struct bpe_trainer {
     bool verbose;
 
     /* pre-tokenization */
-    pcre2_code *re;
-    bool jit;
-    pcre2_match_data *md;
-    pcre2_match_context *mc;
-    pcre2_jit_stack *js;
+    pretok_pattern pre;
+    pretok_matcher m;
 
     /* unique words: bytes -> count */
     unsigned char *word_bytes;
@@ -102,17 +99,6 @@ struct bpe_trainer {
     uint32_t step;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void trainer_free(bpe_trainer *tr)
 {
     if (!tr)
@@ -123,10 +109,9 @@ static void trainer_free(bpe_trainer *tr)
     free(tr->special);
     free(tr->special_len);
     free(tr->special_next);
-    pcre2_match_data_free(tr->md);
-    pcre2_match_context_free(tr->mc);
-    pcre2_jit_stack_free(tr->js);
-    pcre2_code_free(tr->re);
+    if (tr->m.p)
+        pretok_matcher_free(&tr->m);
+    pretok_free(&tr->pre);
     free(tr->word_bytes);
     free(tr->words);
     free(tr->word_tab);
@@ -152,59 +137,29 @@ void bpe_trainer_free(bpe_trainer *tr)
 
 /* ---- pre-tokenization ---------------------------------------------------- */
 
-/* The same rewrite bpe.c applies before compiling (PCRE2's \s with UCP also
- * matches U+180E, tiktoken's does not): \s and \S become the White_Space
- * property, so training sees the pre-tokens encoding will see. */
-static char *whitespace_as_property(const char *pat)
-{
-    size_t n = strlen(pat);
-    char *out = upc_malloc(n * 8 + 1), *o = out;
-    for (size_t i = 0; i < n; i++) {
-        if (pat[i] != '\\' || i + 1 == n) {
-            *o++ = pat[i];
-            continue;
-        }
-        char c = pat[++i];
-        if (c == 's' || c == 'S') {
-            o += sprintf(o, "\\%c{White_Space}", c == 's' ? 'p' : 'P');
-        } else if (c == 'Q') {
-            const char *e = strstr(pat + i + 1, "\\E");
-            size_t k = e ? (size_t)(e - pat) + 1 : n - 1;
-            memcpy(o, pat + i - 1, k - i + 2);
-            o += k - i + 2;
-            i = k;
-        } else {
-            *o++ = '\\';
-            *o++ = c;
-        }
-    }
-    *o = 0;
-    return out;
-}
-
 bpe_trainer *bpe_trainer_new(const bpe_train_opts *o, char *err, size_t errlen)
 {
     if (!o->pattern) {
-        set_err(err, errlen, "no pre-tokenization pattern");
+        bpe_set_err(err, errlen, "no pre-tokenization pattern");
         return NULL;
     }
     if (o->vocab_size < 256 + o->n_special) {
-        set_err(err, errlen, "vocabulary size %zu is too small: the 256 byte tokens and %zu special token%s need %zu",
+        bpe_set_err(err, errlen, "vocabulary size %zu is too small: the 256 byte tokens and %zu special token%s need %zu",
                 o->vocab_size, o->n_special, o->n_special == 1 ? "" : "s", 256 + o->n_special);
         return NULL;
     }
     if (o->vocab_size > MAX_VOCAB) {
-        set_err(err, errlen, "vocabulary size %zu is too large (at most %zu)", o->vocab_size, MAX_VOCAB);
+        bpe_set_err(err, errlen, "vocabulary size %zu is too large (at most %zu)", o->vocab_size, MAX_VOCAB);
         return NULL;
     }
     for (size_t i = 0; i < o->n_special; i++) {
         if (!o->special[i] || !o->special[i][0]) {
-            set_err(err, errlen, "special token %zu is empty", i);
+            bpe_set_err(err, errlen, "special token %zu is empty", i);
             return NULL;
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp(o->special[i], o->special[j]) == 0) {
-                set_err(err, errlen, "special token \"%s\" given twice", o->special[i]);
+                bpe_set_err(err, errlen, "special token \"%s\" given twice", o->special[i]);
                 return NULL;
             }
     }
@@ -223,27 +178,11 @@ bpe_trainer *bpe_trainer_new(const bpe_train_opts *o, char *err, size_t errlen)
     }
     tr->n_special = o->n_special;
 
-    int code;
-    PCRE2_SIZE at;
-    char *pat = whitespace_as_property(o->pattern);
-    tr->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF,
-                           &code, &at, NULL);
-    free(pat);
-    if (!tr->re) {
-        PCRE2_UCHAR msg[256];
-        pcre2_get_error_message(code, msg, sizeof msg);
-        set_err(err, errlen, "bad pre-tokenization regex at offset %zu: %s", (size_t)at, (char *)msg);
+    if (!pretok_compile(&tr->pre, o->pattern, err, errlen)) {
         trainer_free(tr);
         return NULL;
     }
-    tr->jit = pcre2_jit_compile(tr->re, PCRE2_JIT_COMPLETE) == 0;
-    tr->md = pcre2_match_data_create_from_pattern(tr->re, NULL);
-    tr->mc = pcre2_match_context_create(NULL);
-    if (tr->jit) {
-        /* Long pre-tokens (a megabyte of spaces) need a deep JIT stack. */
-        tr->js = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, NULL);
-        pcre2_jit_stack_assign(tr->mc, NULL, tr->js);
-    }
+    pretok_matcher_init(&tr->m, &tr->pre);
 
     tr->word_mask = 1024 - 1;
     tr->word_tab = upc_malloc((tr->word_mask + 1) * sizeof *tr->word_tab);
@@ -296,28 +235,15 @@ static void count_word(bpe_trainer *tr, const unsigned char *p, size_t n)
         word_tab_grow(tr);
 }
 
-/* Pieces exactly as bpe.c's encode_ordinary makes them: regex matches, and
- * each run of bytes between matches as one piece. */
+static void count_word_cb(void *tr, const unsigned char *p, size_t n)
+{
+    count_word(tr, p, n);
+}
+
+/* The same pieces encoding makes (pretok.h). */
 static void feed_ordinary(bpe_trainer *tr, const unsigned char *text, size_t len)
 {
-    size_t gap = 0, from = 0;
-    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(tr->md);
-    while (from < len) {
-        int rc = tr->jit ? pcre2_jit_match(tr->re, text, len, from, 0, tr->md, tr->mc)
-                         : pcre2_match(tr->re, text, len, from, 0, tr->md, tr->mc);
-        if (rc == PCRE2_ERROR_NOMATCH)
-            break;
-        if (rc < 0 || ov[1] == ov[0]) {
-            from = (rc < 0 ? from : ov[0]) + 1;
-            continue;
-        }
-        if (ov[0] > gap)
-            count_word(tr, text + gap, ov[0] - gap);
-        count_word(tr, text + ov[0], ov[1] - ov[0]);
-        gap = from = ov[1];
-    }
-    if (len > gap)
-        count_word(tr, text + gap, len - gap);
+    pretok_split(&tr->m, text, len, count_word_cb, tr);
 }
 
 /* Where special k next occurs in text at or after from (len: nowhere). */

@@ -1,6 +1,5 @@
 /* tokenize: learn a byte-level BPE tokenizer, encode text into the token
  * stream, decode it back, convert tokenizer files. See tokenize(1). */
-#include <errno.h>
 #include <getopt.h>
 #include <omp.h>
 #include <string.h>
@@ -67,13 +66,6 @@ typedef struct {
     bool verbose;
 } options;
 
-static void usage_fail(const char *fmt, const char *arg)
-{
-    char msg[512];
-    snprintf(msg, sizeof msg, fmt, arg);
-    upc_fail(EX_USAGE, "%s (see tokenize --help)", msg);
-}
-
 static double now(void)
 {
     struct timespec ts;
@@ -85,7 +77,7 @@ static bpe_tokenizer *load_tokenizer(const char *path)
 {
     char err[512];
     if (!path)
-        usage_fail("%s: --tokenizer PATH is required", "tokenize");
+        upc_usage_fail("--tokenizer PATH is required");
     if (access(path, F_OK) != 0)
         upc_fail(EX_NOINPUT, "%s: no such tokenizer file", path);
     bpe_tokenizer *t = bpe_load(path, err, sizeof err);
@@ -100,9 +92,9 @@ static int cmd_train(options *o, int nfiles, char **files)
 {
     char err[512];
     if (!o->output)
-        usage_fail("%s: -o TOKENIZER.json is required", "train");
+        upc_usage_fail("%s: -o TOKENIZER.json is required", "train");
     if (nfiles == 0)
-        usage_fail("%s: give the text files to learn from", "train");
+        upc_usage_fail("%s: give the text files to learn from", "train");
     const char *pattern = bpe_pattern_named(o->pattern);
     if (!pattern)
         pattern = o->pattern;
@@ -138,8 +130,7 @@ static int cmd_train(options *o, int nfiles, char **files)
     bpe_tokenizer *t = bpe_trainer_finish(tr, err, sizeof err);
     if (!t)
         upc_fail(EX_DATAERR, "%s", err);
-    if (!bpe_save_hf_json(t, o->output))
-        upc_fail(EX_CANTCREAT, "%s: cannot write: %s", o->output, strerror(errno));
+    bpe_save_hf_json(t, o->output);
     if (o->verbose) {
         char digest[32];
         bpe_digest(t, digest);
@@ -204,7 +195,8 @@ static void flush_batch(encoder *e)
     for (size_t i = 0; i < e->njobs; i++) {
         segment_job *j = &e->jobs[i];
         upc_grow((void **)&e->doc_ids, &e->doc_cap, e->doc_n + j->n, sizeof *e->doc_ids);
-        memcpy(e->doc_ids + e->doc_n, j->ids, j->n * sizeof *j->ids);
+        if (j->n)
+            memcpy(e->doc_ids + e->doc_n, j->ids, j->n * sizeof *j->ids);
         e->doc_n += j->n;
         e->doc_bytes += j->len;
         if (!j->last)
@@ -357,7 +349,7 @@ static size_t unescape(const char *s, char *out)
 static int cmd_decode(options *o, int nfiles, char **files)
 {
     if (nfiles > 1)
-        usage_fail("%s: decode reads one stream", "decode");
+        upc_usage_fail("%s: decode reads one stream", "decode");
     bpe_tokenizer *t = load_tokenizer(o->tokenizer);
     tokstream_reader r;
     tokstream_reader_open(&r, nfiles ? files[0] : "-");
@@ -399,12 +391,11 @@ static int cmd_convert(options *o, int nfiles, char **files)
 {
     (void)files;
     if (nfiles)
-        usage_fail("%s: convert takes no file arguments", "convert");
+        upc_usage_fail("%s: convert takes no file arguments", "convert");
     if (!o->output)
-        usage_fail("%s: -o TOKENIZER.json is required", "convert");
+        upc_usage_fail("%s: -o TOKENIZER.json is required", "convert");
     bpe_tokenizer *t = load_tokenizer(o->tokenizer);
-    if (!bpe_save_hf_json(t, o->output))
-        upc_fail(EX_CANTCREAT, "%s: cannot write: %s", o->output, strerror(errno));
+    bpe_save_hf_json(t, o->output);
     bpe_free(t);
     return 0;
 }
@@ -418,7 +409,7 @@ int main(int argc, char **argv)
 {
     upc_init(argv[0]);
     if (argc < 2)
-        usage_fail("%s: missing command (train, encode, decode, convert)", "tokenize");
+        upc_usage_fail("missing command (train, encode, decode, convert)");
     if (upc_is_help(argv[1])) {
         fputs(usage, stdout);
         return 0;
@@ -434,7 +425,7 @@ int main(int argc, char **argv)
         strcmp(cmd, "decode") == 0 ? cmd_decode :
         strcmp(cmd, "convert") == 0 ? cmd_convert : NULL;
     if (!run)
-        usage_fail("unknown command '%s' (train, encode, decode, convert)", cmd);
+        upc_usage_fail("unknown command '%s' (train, encode, decode, convert)", cmd);
 
     options o = {.pattern = "cl100k", .vocab_size = 32768, .min_frequency = 2};
     split_parse("file", &o.split);
@@ -464,13 +455,13 @@ int main(int argc, char **argv)
         case OPT_PATTERN: o.pattern = optarg; break;
         case OPT_SPECIAL:
             if (o.n_special == sizeof o.specials / sizeof *o.specials)
-                usage_fail("%s: too many --special tokens", cmd);
+                upc_usage_fail("%s: too many --special tokens", cmd);
             o.specials[o.n_special++] = optarg;
             break;
         case OPT_MINFREQ: o.min_frequency = upc_parse_int("--min-frequency", optarg, 1, 1LL << 62); break;
         case OPT_SPLIT:
             if (!split_parse(optarg, &o.split))
-                usage_fail("--split: expected file, line, paragraph or separator=TEXT, got '%s'", optarg);
+                upc_usage_fail("--split: expected file, line, paragraph or separator=TEXT, got '%s'", optarg);
             break;
         case OPT_TOKENIZER: o.tokenizer = optarg; break;
         case OPT_THREADS: o.threads = (int)upc_parse_int("--threads", optarg, 1, 1024); break;
@@ -482,7 +473,7 @@ int main(int argc, char **argv)
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: upc_print_version(); return 0;
         default:
-            usage_fail("unknown or incomplete option '%s'", argv[optind - 1]);
+            upc_usage_fail("unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
     return run(&o, argc - optind, argv + optind);
