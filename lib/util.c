@@ -424,3 +424,32 @@ void upc_unmap(upc_mapped *m)
     free(m->heap);
     memset(m, 0, sizeof *m);
 }
+
+char *upc_dirname(const char *p)
+{
+    char *d = upc_strdup(p);
+    char *s = strrchr(d, '/');
+    if (!s) {
+        free(d);
+        return upc_strdup(".");
+    }
+    if (s == d)
+        s[1] = 0;
+    else
+        *s = 0;
+    return d;
+}
+
+void upc_handle_help_version(int argc, char **argv, const char *usage)
+{
+    if (argc < 2)
+        return;
+    if (upc_is_help(argv[1])) {
+        fputs(usage, stdout);
+        exit(0);
+    }
+    if (upc_is_version(argv[1])) {
+        upc_print_version();
+        exit(0);
+    }
+}

@@ -54,6 +54,8 @@ const char *upc_out_name(const upc_out *o);
 
 /* "dir/name", newly allocated. */
 char *upc_path_join(const char *dir, const char *name);
+/* The directory part of a path ("." when it has none), newly allocated. */
+char *upc_dirname(const char *path);
 
 /* Fail with EX_USAGE: "tool: message (see tool --help)". */
 void upc_usage_fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
@@ -95,6 +97,9 @@ static inline uint64_t upc_splitmix64(uint64_t *state)
 int upc_is_help(const char *arg);
 int upc_is_version(const char *arg);
 void upc_print_version(void);
+/* For tools with subcommands: when argv[1] is --help or --version, print
+ * usage or the version and exit 0. */
+void upc_handle_help_version(int argc, char **argv, const char *usage);
 
 /* A whole input file in memory: memory-mapped when it is a regular file,
  * read into the heap when it is stdin ("-") or a pipe. */

@@ -1295,16 +1295,9 @@ static bool value_option(int argc, char **argv, int *i, const char *name, const 
 int main(int argc, char **argv)
 {
     upc_init(argv[0]);
+    upc_handle_help_version(argc, argv, usage);
     if (argc < 2)
         upc_usage_fail("expected a command: json, pack or tsv");
-    if (upc_is_help(argv[1])) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    if (upc_is_version(argv[1])) {
-        upc_print_version();
-        return 0;
-    }
     const char *cmd = argv[1];
     bool is_json = strcmp(cmd, "json") == 0, is_pack = strcmp(cmd, "pack") == 0,
          is_tsv = strcmp(cmd, "tsv") == 0;

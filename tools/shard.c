@@ -69,21 +69,6 @@ static bool replaceable(const char *dir)
     return empty;
 }
 
-static char *parent_of(const char *p)
-{
-    char *d = upc_strdup(p);
-    char *s = strrchr(d, '/');
-    if (!s) {
-        free(d);
-        return upc_strdup(".");
-    }
-    if (s == d)
-        s[1] = 0;
-    else
-        *s = 0;
-    return d;
-}
-
 static int cmd_write(int argc, char **argv)
 {
     shard_options opt = {.chunk_tokens = 65536, .shard_bytes = 256u << 20, .level = 3,
@@ -173,7 +158,7 @@ static int cmd_write(int argc, char **argv)
     if (exists)
         upc_rm_rf(tmp);
     upc_tmp_unregister(tmp);
-    char *parent = parent_of(outdir);
+    char *parent = upc_dirname(outdir);
     upc_fsync_dir(parent);
     free(parent);
     free(tdir);

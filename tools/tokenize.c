@@ -86,7 +86,38 @@ static bpe_tokenizer *load_tokenizer(const char *path)
     return t;
 }
 
+/* Map each input file in turn, call doc for each of its documents, then
+ * end_of_file (if any) before the file is unmapped. */
+static void for_each_document(int nfiles, char **files, const split_spec *split,
+                              void (*doc)(void *ctx, const char *text, size_t n),
+                              void (*end_of_file)(void *ctx), void *ctx, size_t *docs, size_t *bytes)
+{
+    for (int i = 0; i < nfiles; i++) {
+        upc_mapped m;
+        upc_map_file(&m, files[i]);
+        split_iter it;
+        const char *text;
+        size_t n;
+        split_begin(&it, m.data, m.len);
+        while (split_next(split, &it, &text, &n)) {
+            doc(ctx, text, n);
+            if (docs)
+                (*docs)++;
+        }
+        if (end_of_file)
+            end_of_file(ctx);
+        if (bytes)
+            *bytes += m.len;
+        upc_unmap(&m);
+    }
+}
+
 /* ---- train ---------------------------------------------------------------- */
+
+static void feed_trainer(void *tr, const char *text, size_t n)
+{
+    bpe_trainer_feed(tr, text, n);
+}
 
 static int cmd_train(options *o, int nfiles, char **files)
 {
@@ -113,20 +144,7 @@ static int cmd_train(options *o, int nfiles, char **files)
         upc_fail(EX_USAGE, "%s", err);
     double t0 = now();
     size_t bytes = 0, docs = 0;
-    for (int i = 0; i < nfiles; i++) {
-        upc_mapped m;
-        upc_map_file(&m, files[i]);
-        split_iter it;
-        const char *doc;
-        size_t n;
-        split_begin(&it, m.data, m.len);
-        while (split_next(&o->split, &it, &doc, &n)) {
-            bpe_trainer_feed(tr, doc, n);
-            docs++;
-        }
-        bytes += m.len;
-        upc_unmap(&m);
-    }
+    for_each_document(nfiles, files, &o->split, feed_trainer, NULL, tr, &docs, &bytes);
     bpe_tokenizer *t = bpe_trainer_finish(tr, err, sizeof err);
     if (!t)
         upc_fail(EX_DATAERR, "%s", err);
@@ -244,6 +262,16 @@ static void add_doc(encoder *e, const char *text, size_t len)
     add_segment(e, text, len, true);
 }
 
+static void add_doc_cb(void *e, const char *text, size_t n)
+{
+    add_doc(e, text, n);
+}
+
+static void flush_batch_cb(void *e)
+{
+    flush_batch(e);
+}
+
 static int cmd_encode(options *o, int nfiles, char **files)
 {
     bpe_tokenizer *t = load_tokenizer(o->tokenizer);
@@ -281,18 +309,8 @@ static int cmd_encode(options *o, int nfiles, char **files)
         nfiles = 1;
         files = stdin_only;
     }
-    for (int i = 0; i < nfiles; i++) {
-        upc_mapped m;
-        upc_map_file(&m, files[i]);
-        split_iter it;
-        const char *doc;
-        size_t n;
-        split_begin(&it, m.data, m.len);
-        while (split_next(&o->split, &it, &doc, &n))
-            add_doc(&e, doc, n);
-        flush_batch(&e);   /* the batch points into this file's mapping */
-        upc_unmap(&m);
-    }
+    /* The batch points into each file's mapping: flush before unmapping. */
+    for_each_document(nfiles, files, &o->split, add_doc_cb, flush_batch_cb, &e, NULL, NULL);
     mpk_writer_commit(&w);
     double dt = now() - t0;
     if (o->verbose || isatty(STDERR_FILENO))
@@ -408,16 +426,9 @@ enum { OPT_VOCAB = 256, OPT_PATTERN, OPT_SPECIAL, OPT_MINFREQ, OPT_SPLIT, OPT_TO
 int main(int argc, char **argv)
 {
     upc_init(argv[0]);
+    upc_handle_help_version(argc, argv, usage);
     if (argc < 2)
         upc_usage_fail("missing command (train, encode, decode, convert)");
-    if (upc_is_help(argv[1])) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    if (upc_is_version(argv[1])) {
-        upc_print_version();
-        return 0;
-    }
     const char *cmd = argv[1];
     int (*run)(options *, int, char **) =
         strcmp(cmd, "train") == 0 ? cmd_train :

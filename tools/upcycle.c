@@ -64,21 +64,6 @@ static uint64_t parse_size(const char *opt, const char *s)
     return v * mult;
 }
 
-static char *parent_of(const char *p)
-{
-    char *d = upc_strdup(p);
-    char *s = strrchr(d, '/');
-    if (!s) {
-        free(d);
-        return upc_strdup(".");
-    }
-    if (s == d)
-        s[1] = 0;
-    else
-        *s = 0;
-    return d;
-}
-
 /* Copy DENSE_DIR/name into dir when present (atomically, like every output). */
 static void copy_if_present(const char *from_dir, const char *to_dir, const char *name)
 {
@@ -274,7 +259,7 @@ int main(int argc, char **argv)
     upc_tmp_unregister(tmp);
     if (exists && upc_rm_rf(old) != 0)
         upc_warn("%s: could not remove the replaced checkpoint", old);
-    char *parent = parent_of(out_dir);
+    char *parent = upc_dirname(out_dir);
     upc_fsync_dir(parent);
     free(parent);
 
