@@ -267,7 +267,7 @@ loader *loader_open(const char *dir, const loader_config *cfg)
     shard_index_open(&L->ix, dir);
     L->cfg = *cfg;
     if (L->cfg.ring == 0)
-        L->cfg.ring = 3;
+        L->cfg.ring = 8;
     if (L->cfg.ring < 2)
         L->cfg.ring = 2;
     pthread_mutex_init(&L->mu, NULL);

@@ -36,7 +36,7 @@ typedef struct {
     uint64_t seed;         /* chunk shuffle seed */
     uint32_t rank, world;  /* data-parallel position, rank < world */
     bool pad_tail;         /* see above */
-    size_t ring;           /* decompressed chunks kept ahead, >= 2 (0: 3) */
+    size_t ring;           /* decompressed chunks kept ahead, >= 2 (0: 8; more rides out scheduling hiccups) */
 } loader_config;
 
 typedef struct {
