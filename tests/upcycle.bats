@@ -65,7 +65,8 @@ assert_nothing_left() {
     upcycle --experts 2 --top-k 1 --seed 5 "$TMP/dense" "$TMP/b" >/dev/null 2>&1
     cmp "$TMP/a/model.safetensors" "$TMP/b/model.safetensors"
     upcycle --experts 2 --top-k 1 --seed 6 "$TMP/dense" "$TMP/c" >/dev/null 2>&1
-    ! cmp -s "$TMP/a/model.safetensors" "$TMP/c/model.safetensors"
+    run cmp -s "$TMP/a/model.safetensors" "$TMP/c/model.safetensors"
+    [ "$status" -eq 1 ]
     upcycle --experts 2 --top-k 2 --routing softmax-topk --aux-loss-coef 0.02 --layers every:2 \
         "$TMP/dense" "$TMP/d" >/dev/null 2>&1
     [ "$(jq '.norm_topk_prob' "$TMP/d/config.json")" = false ]
@@ -200,4 +201,30 @@ assert_nothing_left() {
     [ -f "$TMP/moe2/config.json" ] && [ -f "$TMP/moe2/model.safetensors" ]
     rm -rf "$TMP/moe2"
     assert_nothing_left
+}
+
+@test "upcycle: init and variant options reach the checkpoint and the summary" {
+    dense "$TMP/dense"
+    summary() { records json | jq -r "$1"; }
+    upcycle --experts 4 --top-k 2 --router-init uniform --router-std 0.5 --expert-noise 0.01 \
+        --drop-ratio 0.25 --granularity 2 --seq-len 128 "$TMP/dense" "$TMP/a" 2>/dev/null > "$TMP/a.mpk"
+    run jq -c '.upcyc.upcycle | [.router_init, .router_std, .expert_noise, .drop_ratio, .granularity]' "$TMP/a/config.json"
+    [ "$output" = '["uniform",0.5,0.01,0.25,2]' ]
+    [ "$(jq '.intermediate_size' "$TMP/a/config.json")" -eq 12 ]   # 24 / G
+    # --seq-len moves only the attention term: 12 * layers * heads * head_dim per token of context.
+    upcycle --experts 4 --top-k 2 --seq-len 256 "$TMP/dense" "$TMP/b" 2>/dev/null > "$TMP/b.mpk"
+    f128=$(summary .dense.train_flops_per_token < "$TMP/a.mpk")
+    f256=$(summary .dense.train_flops_per_token < "$TMP/b.mpk")
+    read -r L H D < <(jq -r '"\(.num_hidden_layers) \(.num_attention_heads) \(.head_dim // (.hidden_size / .num_attention_heads))"' "$TMP/dense/config.json")
+    [ "$((f256 - f128))" -eq "$((12 * L * H * D * 128))" ]
+    # Each option changes the weights it names: noise the experts, the init the router.
+    upcycle --experts 4 --top-k 2 "$TMP/dense" "$TMP/plain" >/dev/null 2>&1
+    upcycle --experts 4 --top-k 2 --expert-noise 0.01 "$TMP/dense" "$TMP/noisy" >/dev/null 2>&1
+    upcycle --experts 4 --top-k 2 --router-init zeros "$TMP/dense" "$TMP/zeros" >/dev/null 2>&1
+    upcycle --experts 4 --top-k 2 --router-std 0.5 "$TMP/dense" "$TMP/wide" >/dev/null 2>&1
+    for v in noisy zeros wide; do
+        run cmp -s "$TMP/plain/model.safetensors" "$TMP/$v/model.safetensors"
+        [ "$status" -eq 1 ]
+    done
+    [ "$(stat -c %s "$TMP/plain/model.safetensors")" -eq "$(stat -c %s "$TMP/zeros/model.safetensors")" ]
 }
