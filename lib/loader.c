@@ -1,5 +1,5 @@
 /* loader.c: shuffled, rank-split, resumable windows over a shard split, with
- * chunks decompressed ahead on a background thread. */
+ * chunks decompressed ahead on background threads. */
 #include "loader.h"
 
 #include <pthread.h>
@@ -22,6 +22,8 @@ typedef struct {
     size_t n;
     uint64_t epoch;
     size_t k;              /* index into the plan's mine[] */
+    uint64_t seq;          /* which chunk of the stream this slot holds */
+    bool ready;            /* decompressed and not yet released */
     bool failed;
     char err[512];
 } ring_slot;
@@ -31,15 +33,20 @@ struct loader {
     loader_config cfg;
     loader_batch batch;
 
-    /* ring shared with the producer */
-    pthread_t thread;
+    /* ring shared with the decompression threads: chunk number q of this
+     * rank's stream goes to slot q % ring, and is claimed only once chunk
+     * q - ring has been released, so chunks arrive in order whatever the
+     * threads' timing. */
+    pthread_t *threads;
+    size_t nthreads;
     bool running;
     pthread_mutex_t mu;
     pthread_cond_t not_full, not_empty;
     ring_slot *ring;
-    size_t head, count;
+    uint64_t claimed;      /* chunks handed to threads so far */
+    uint64_t consumed;     /* chunks released by the consumer so far */
     bool stop;
-    uint64_t prod_epoch;   /* where the producer starts */
+    epoch_plan prod_plan;  /* the producers' position: epoch plan and k */
     size_t prod_k;
 
     /* consumer */
@@ -118,56 +125,52 @@ static void *producer(void *arg)
     loader *L = arg;
     shard_decoder d;
     shard_decoder_init(&d);
-    epoch_plan p = {0};
-    uint64_t epoch = L->prod_epoch;
-    size_t k = L->prod_k;
-    plan_epoch(&L->ix, &L->cfg, epoch, &p);
+    pthread_mutex_lock(&L->mu);
     for (;;) {
-        while (k >= p.need) {
-            plan_epoch(&L->ix, &L->cfg, ++epoch, &p);
-            k = 0;
-        }
-        pthread_mutex_lock(&L->mu);
-        while (L->count == L->cfg.ring && !L->stop)
+        while (!L->stop && L->claimed - L->consumed >= L->cfg.ring)
             pthread_cond_wait(&L->not_full, &L->mu);
-        if (L->stop) {
-            pthread_mutex_unlock(&L->mu);
+        if (L->stop)
             break;
+        epoch_plan *p = &L->prod_plan;
+        while (L->prod_k >= p->need) {
+            plan_epoch(&L->ix, &L->cfg, p->epoch + 1, p);
+            L->prod_k = 0;
         }
-        ring_slot *s = &L->ring[(L->head + L->count) % L->cfg.ring];
-        pthread_mutex_unlock(&L->mu);
-
-        size_t c = p.mine[k];
-        s->epoch = epoch;
+        uint64_t q = L->claimed++;
+        ring_slot *s = &L->ring[q % L->cfg.ring];
+        size_t k = L->prod_k++, c = p->mine[k];
+        s->epoch = p->epoch;
         s->k = k;
+        s->seq = q;
         s->n = L->ix.chunks[c].tokens;
-        s->failed = !shard_read_chunk_into(&L->ix, &d, c, s->raw, s->err, sizeof s->err);
+        pthread_mutex_unlock(&L->mu);
+
+        bool ok = shard_read_chunk_into(&L->ix, &d, c, s->raw, s->err, sizeof s->err);
 
         pthread_mutex_lock(&L->mu);
-        L->count++;
-        pthread_cond_signal(&L->not_empty);
+        s->failed = !ok;
+        s->ready = true;
+        pthread_cond_broadcast(&L->not_empty);
         /* After an error, publish it and wait to be stopped. */
-        while (s->failed && !L->stop)
+        while (!ok && !L->stop)
             pthread_cond_wait(&L->not_full, &L->mu);
-        bool stop = L->stop;
-        pthread_mutex_unlock(&L->mu);
-        if (stop)
-            break;
-        k++;
     }
-    plan_free(&p);
+    pthread_mutex_unlock(&L->mu);
     shard_decoder_free(&d);
     return NULL;
 }
 
 static void start_producer(loader *L, uint64_t epoch, size_t k)
 {
-    L->head = L->count = 0;
+    L->claimed = L->consumed = 0;
+    for (size_t i = 0; i < L->cfg.ring; i++)
+        L->ring[i].ready = false;
     L->stop = false;
-    L->prod_epoch = epoch;
+    plan_epoch(&L->ix, &L->cfg, epoch, &L->prod_plan);
     L->prod_k = k;
-    if (pthread_create(&L->thread, NULL, producer, L) != 0)
-        upc_fail(EX_OSERR, "cannot start the loader thread");
+    for (size_t i = 0; i < L->nthreads; i++)
+        if (pthread_create(&L->threads[i], NULL, producer, L) != 0)
+            upc_fail(EX_OSERR, "cannot start a loader thread");
     L->running = true;
 }
 
@@ -179,7 +182,8 @@ static void stop_producer(loader *L)
     L->stop = true;
     pthread_cond_broadcast(&L->not_full);
     pthread_mutex_unlock(&L->mu);
-    pthread_join(L->thread, NULL);
+    for (size_t i = 0; i < L->nthreads; i++)
+        pthread_join(L->threads[i], NULL);
     L->running = false;
     L->slot = NULL;
 }
@@ -187,9 +191,9 @@ static void stop_producer(loader *L)
 static ring_slot *acquire(loader *L)
 {
     pthread_mutex_lock(&L->mu);
-    while (L->count == 0)
+    ring_slot *s = &L->ring[L->consumed % L->cfg.ring];
+    while (!(s->ready && s->seq == L->consumed))
         pthread_cond_wait(&L->not_empty, &L->mu);
-    ring_slot *s = &L->ring[L->head];
     pthread_mutex_unlock(&L->mu);
     if (s->failed)
         upc_fail(EX_DATAERR, "%s", s->err);
@@ -204,9 +208,9 @@ static void release(loader *L)
     if (!L->slot)
         return;
     pthread_mutex_lock(&L->mu);
-    L->head = (L->head + 1) % L->cfg.ring;
-    L->count--;
-    pthread_cond_signal(&L->not_full);
+    L->slot->ready = false;
+    L->consumed++;
+    pthread_cond_broadcast(&L->not_full);
     pthread_mutex_unlock(&L->mu);
     L->slot = NULL;
 }
@@ -270,6 +274,10 @@ loader *loader_open(const char *dir, const loader_config *cfg)
         L->cfg.ring = 8;
     if (L->cfg.ring < 2)
         L->cfg.ring = 2;
+    L->nthreads = L->cfg.threads ? L->cfg.threads : 2;
+    if (L->nthreads > L->cfg.ring)
+        L->nthreads = L->cfg.ring;
+    L->threads = upc_calloc(L->nthreads, sizeof *L->threads);
     pthread_mutex_init(&L->mu, NULL);
     pthread_cond_init(&L->not_full, NULL);
     pthread_cond_init(&L->not_empty, NULL);
@@ -294,6 +302,8 @@ void loader_close(loader *L)
     for (size_t i = 0; i < L->cfg.ring; i++)
         free(L->ring[i].raw);
     free(L->ring);
+    free(L->threads);
+    plan_free(&L->prod_plan);
     plan_free(&L->plan);
     pthread_mutex_destroy(&L->mu);
     pthread_cond_destroy(&L->not_full);

@@ -16,7 +16,7 @@
  *     many leading tokens of window b are data (the rest are EOS padding).
  *     Every target token of the split is then seen exactly once per epoch.
  *
- * Chunks are decompressed ahead of use on a background thread into a small
+ * Chunks are decompressed ahead of use on background threads into a small
  * ring. The position (epoch, step) is a cursor that can be saved as msgpack
  * bytes and restored, so a resumed run sees exactly the tokens it would have. */
 #ifndef UPCYC_LOADER_H
@@ -36,7 +36,8 @@ typedef struct {
     uint64_t seed;         /* chunk shuffle seed */
     uint32_t rank, world;  /* data-parallel position, rank < world */
     bool pad_tail;         /* see above */
-    size_t ring;           /* decompressed chunks kept ahead, >= 2 (0: 8; more rides out scheduling hiccups) */
+    size_t ring;           /* decompressed chunks kept ahead, >= 2 (0: 8) */
+    size_t threads;        /* decompression threads (0: 2); chunks still arrive in order */
 } loader_config;
 
 typedef struct {
