@@ -234,7 +234,9 @@ flip_byte() {
     for _ in $(seq 100); do compgen -G "$TMP/out.tmp.*" >/dev/null && break; sleep 0.05; done
     compgen -G "$TMP/out.tmp.*" >/dev/null   # it was writing
     kill -TERM "$pid"
-    wait "$pid" || true
+    st=0
+    wait "$pid" || st=$?
+    [ "$st" -eq 143 ]   # killed by SIGTERM, after removing its temporary output
     exec 7>&-
     assert_no_output "$TMP/out"
 }

@@ -212,18 +212,26 @@ static void flush_batch(encoder *e)
     }
     for (size_t i = 0; i < e->njobs; i++) {
         segment_job *j = &e->jobs[i];
-        upc_grow((void **)&e->doc_ids, &e->doc_cap, e->doc_n + j->n, sizeof *e->doc_ids);
-        if (j->n)
-            memcpy(e->doc_ids + e->doc_n, j->ids, j->n * sizeof *j->ids);
-        e->doc_n += j->n;
-        e->doc_bytes += j->len;
-        if (!j->last)
-            continue;
-        tokstream_write_doc(e->w, e->h, e->next_id++, e->doc_bytes, e->doc_ids, e->doc_n);
+        const uint32_t *ids = j->ids;
+        size_t n = j->n, bytes = j->len;
+        bool whole = j->last && e->doc_n == 0 && e->doc_bytes == 0;
+        if (!whole) {   /* a cut document: join its segments' ids */
+            upc_grow((void **)&e->doc_ids, &e->doc_cap, e->doc_n + n, sizeof *e->doc_ids);
+            if (n)
+                memcpy(e->doc_ids + e->doc_n, ids, n * sizeof *ids);
+            e->doc_n += n;
+            e->doc_bytes += bytes;
+            if (!j->last)
+                continue;
+            ids = e->doc_ids;
+            n = e->doc_n;
+            bytes = e->doc_bytes;
+            e->doc_n = e->doc_bytes = 0;
+        }
+        tokstream_write_doc(e->w, e->h, e->next_id++, bytes, ids, n);
         e->docs++;
-        e->bytes += e->doc_bytes;
-        e->tokens += e->doc_n;
-        e->doc_n = e->doc_bytes = 0;
+        e->bytes += bytes;
+        e->tokens += n;
     }
     e->njobs = 0;
     e->batch_bytes = 0;
