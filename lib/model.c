@@ -212,7 +212,7 @@ void model_zero_grads(model *m)
     m->K->memset(m->K, m->grads, 0, m->n_floats * sizeof(float));
 }
 
-static size_t largest_tensor(const model *m)
+size_t model_largest_tensor(const model *m)
 {
     size_t n = 0;
     for (size_t i = 0; i < m->n_tensors; i++)
@@ -235,7 +235,7 @@ void model_init_weights(model *m, uint64_t seed)
     json_t *ir = json_object_get(m->cfg.extra, "initializer_range");
     if (ir && json_is_number(ir) && json_number_value(ir) > 0)
         std = json_number_value(ir);
-    float *host = upc_malloc(largest_tensor(m) * sizeof(float));
+    float *host = upc_malloc(model_largest_tensor(m) * sizeof(float));
     for (size_t i = 0; i < m->n_tensors; i++) {
         const model_tensor *t = &m->tensors[i];
         if (t->ndim == 1) {
@@ -285,7 +285,7 @@ void model_load_weights(model *m, const st_reader *r)
     /* every name and shape first: a bad checkpoint changes nothing */
     for (size_t i = 0; i < m->n_tensors; i++)
         check_stored(r, &m->tensors[i]);
-    float *host = upc_malloc(largest_tensor(m) * sizeof(float));
+    float *host = upc_malloc(model_largest_tensor(m) * sizeof(float));
     for (size_t i = 0; i < m->n_tensors; i++) {
         const model_tensor *t = &m->tensors[i];
         st_get_f32(r, t->name, host, t->numel);
@@ -306,7 +306,7 @@ void model_save_weights(const model *m, const char *path, st_dtype dtype, uint64
         st_writer_add(w, t->name, dtype, t->ndim, shape);
     }
     st_writer_begin_data(w);
-    float *host = upc_malloc(largest_tensor(m) * sizeof(float));
+    float *host = upc_malloc(model_largest_tensor(m) * sizeof(float));
     for (size_t i = 0; i < m->n_tensors; i++) {
         model_get_param(m, &m->tensors[i], host);
         st_writer_write_f32(w, host, m->tensors[i].numel);

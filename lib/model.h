@@ -132,6 +132,9 @@ void model_load_weights(model *m, const st_reader *r);
 void model_save_weights(const model *m, const char *path, st_dtype dtype,
                         uint64_t max_shard_bytes);
 
+/* Elements of the largest tensor (a host buffer that holds any one). */
+size_t model_largest_tensor(const model *m);
+
 /* Host copies of one tensor's parameters / gradients (numel floats), and
  * upload of new parameters. */
 void model_get_param(const model *m, const model_tensor *t, float *host);

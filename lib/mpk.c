@@ -106,6 +106,13 @@ void mpk_writer_flush(mpk_writer *w, bool force)
     }
 }
 
+void mpk_writer_emit(mpk_writer *w)
+{
+    mpk_writer_flush(w, true);
+    if (fflush(w->out.fp) != 0)
+        upc_fail(EX_IOERR, "%s: write failed: %s", upc_out_name(&w->out), strerror(errno));
+}
+
 void mpk_writer_commit(mpk_writer *w)
 {
     mpk_writer_flush(w, true);

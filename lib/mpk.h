@@ -37,6 +37,9 @@ typedef struct {
 void mpk_writer_open(mpk_writer *w, const char *path);
 /* Call after each record: flushes the buffer when it is large. */
 void mpk_writer_flush(mpk_writer *w, bool force);
+/* Write every packed record out now (stdio buffer included), so a reader
+ * of a live stream (train's records) sees each one as it happens. */
+void mpk_writer_emit(mpk_writer *w);
 void mpk_writer_commit(mpk_writer *w);
 
 /* Map accessors: NULL / false when the key is absent or of another type. */

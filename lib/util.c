@@ -55,6 +55,25 @@ static void on_signal(int sig)
     raise(sig);
 }
 
+static volatile sig_atomic_t *deferred_flag;
+
+/* The first signal is only noted; a second one means "now". */
+static void on_deferred_signal(int sig)
+{
+    if (*deferred_flag)
+        on_signal(sig);
+    *deferred_flag = sig;
+}
+
+void upc_defer_signals(volatile sig_atomic_t *flag)
+{
+    deferred_flag = flag;
+    *flag = 0;
+    int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+        signal(sigs[i], on_deferred_signal);
+}
+
 void upc_init(const char *progname)
 {
     const char *slash = strrchr(progname, '/');
@@ -452,4 +471,27 @@ void upc_handle_help_version(int argc, char **argv, const char *usage)
         upc_print_version();
         exit(0);
     }
+}
+
+void upc_publish_dir(const char *tmp, const char *out)
+{
+    struct stat st;
+    bool exists = lstat(out, &st) == 0;
+    if (exists && !S_ISDIR(st.st_mode))
+        upc_fail(EX_CANTCREAT, "%s: exists and is not a directory; not replacing it", out);
+    if (exists) {
+        /* Swap atomically, then remove the old tree (now under tmp). */
+        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_EXCHANGE) != 0)
+            upc_fail(EX_CANTCREAT, "%s: cannot replace: %s", out, strerror(errno));
+    } else if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_NOREPLACE) != 0) {
+        if (errno != EINVAL || rename(tmp, out) != 0)
+            upc_fail(errno == EEXIST ? EX_CANTCREAT : EX_IOERR, "%s: cannot rename into place: %s", out,
+                     strerror(errno));
+    }
+    if (exists && upc_rm_rf(tmp) != 0)
+        upc_warn("%s: could not remove the replaced directory", tmp);
+    upc_tmp_unregister(tmp);
+    char *parent = upc_dirname(out);
+    upc_fsync_dir(parent);
+    free(parent);
 }

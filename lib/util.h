@@ -3,6 +3,7 @@
 #ifndef UPCYC_UTIL_H
 #define UPCYC_UTIL_H
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -51,6 +52,18 @@ void upc_out_open(upc_out *o, const char *path);
 void upc_out_write(upc_out *o, const void *buf, size_t n);
 void upc_out_commit(upc_out *o);
 const char *upc_out_name(const upc_out *o);
+
+/* Put a finished directory tmp (registered with upc_tmp_register) at out:
+ * renamed into place when out does not exist, else swapped with it in one
+ * atomic step (RENAME_EXCHANGE) and the old tree removed; then unregisters
+ * tmp and fsyncs the parent. Readers of out see the old tree or the new. */
+void upc_publish_dir(const char *tmp, const char *out);
+
+/* Long-running tools that must finish a unit of work (a training step, a
+ * checkpoint) before stopping: SIGINT, SIGTERM and SIGHUP only store the
+ * signal number in *flag, which the tool polls. A second signal while *flag
+ * is set removes the temporary outputs and kills the tool at once. */
+void upc_defer_signals(volatile sig_atomic_t *flag);
 
 /* "dir/name", newly allocated. */
 char *upc_path_join(const char *dir, const char *name);

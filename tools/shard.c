@@ -146,21 +146,7 @@ static int cmd_write(int argc, char **argv)
     shard_writer_finish(&vw);
     upc_fsync_dir(tmp);
 
-    if (exists) {
-        /* Swap atomically, then remove the old tree (now under tmp). */
-        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, outdir, RENAME_EXCHANGE) != 0)
-            upc_fail(EX_IOERR, "%s: cannot replace: %s", outdir, strerror(errno));
-    } else if (renameat2(AT_FDCWD, tmp, AT_FDCWD, outdir, RENAME_NOREPLACE) != 0) {
-        if (errno != EINVAL || rename(tmp, outdir) != 0)
-            upc_fail(errno == EEXIST ? EX_CANTCREAT : EX_IOERR, "%s: cannot rename into place: %s", outdir,
-                     strerror(errno));
-    }
-    if (exists)
-        upc_rm_rf(tmp);
-    upc_tmp_unregister(tmp);
-    char *parent = upc_dirname(outdir);
-    upc_fsync_dir(parent);
-    free(parent);
+    upc_publish_dir(tmp, outdir);
     free(tdir);
     free(vdir);
     return 0;

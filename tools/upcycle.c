@@ -244,24 +244,7 @@ int main(int argc, char **argv)
         copy_if_present(dense_dir, tmp, side_files[i]);
     upc_fsync_dir(tmp);
 
-    /* Into place: an existing OUT_DIR (--force) is moved aside first, so a
-     * rename failure leaves the old one. */
-    char old[PATH_MAX + 32];
-    snprintf(old, sizeof old, "%s.old.%ld", out_dir, (long)getpid());
-    if (exists && rename(out_dir, old) != 0)
-        upc_fail(EX_CANTCREAT, "%s: cannot replace: %s", out_dir, strerror(errno));
-    if (rename(tmp, out_dir) != 0) {
-        int e = errno;
-        if (exists)
-            rename(old, out_dir);
-        upc_fail(EX_CANTCREAT, "%s: cannot rename %s into place: %s", out_dir, tmp, strerror(e));
-    }
-    upc_tmp_unregister(tmp);
-    if (exists && upc_rm_rf(old) != 0)
-        upc_warn("%s: could not remove the replaced checkpoint", old);
-    char *parent = upc_dirname(out_dir);
-    upc_fsync_dir(parent);
-    free(parent);
+    upc_publish_dir(tmp, out_dir);
 
     double dense_flops = mc_train_flops_per_token(&dense, seq_len);
     double moe_flops = mc_train_flops_per_token(&moe, seq_len);

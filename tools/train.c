@@ -1,0 +1,783 @@
+/* train: pretrain a dense model from a config, continue pretraining a
+ * checkpoint, or train an upcycled MoE checkpoint; save, resume exactly. */
+#include "bpe.h"
+#include "loader.h"
+#include "lr_schedule.h"
+#include "model.h"
+#include "model_config.h"
+#include "mpk.h"
+#include "optim.h"
+#include "safetensors.h"
+#include "train_state.h"
+#include "util.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <omp.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: train (--init CONFIG | --from CKPT | --resume) --data SHARDS --out DIR\n"
+    "             (--steps N | --tokens N) [options]\n"
+    "\n"
+    "Train a Llama or Mixtral model on a shard split (shard(1)): from a seeded\n"
+    "init (--init config.json), from a checkpoint (--from: continued pretraining,\n"
+    "or an upcycled MoE), or resuming the checkpoint in DIR exactly where it\n"
+    "stopped (--resume). DIR is a checkpoint directory (config.json,\n"
+    "model.safetensors, tokenizer.json, optimizer.safetensors,\n"
+    "trainer_state.json), replaced atomically at every save. stdout: a msgpack\n"
+    "stream of train_start, train_step, eval and train_end records; stderr: a\n"
+    "progress line when it is a terminal. SIGINT or SIGTERM: finish the step,\n"
+    "save, exit 130 or 143.\n"
+    "\n"
+    "model and data:\n"
+    "  --init CONFIG        a config.json (e.g. configs/tiny.json); weights drawn with --seed\n"
+    "  --from CKPT          start from the checkpoint directory CKPT\n"
+    "  --resume             continue the run saved in DIR (options default to its own)\n"
+    "  --data DIR           training split, e.g. shards/train (required)\n"
+    "  --val DIR            validation split, e.g. shards/val\n"
+    "  --out DIR            the checkpoint directory to write (required)\n"
+    "  --tokenizer FILE     tokenizer.json to store in DIR (default: CKPT's)\n"
+    "  --force              replace an existing DIR (without --resume)\n"
+    "\n"
+    "length and batch:\n"
+    "  --steps N            optimizer steps in the whole run\n"
+    "  --tokens N           or a token budget: ceil(N / (batch * seq-len)) steps\n"
+    "  --batch B            sequences per step (default 8)\n"
+    "  --micro-batch M      sequences per forward/backward, divides B (default B)\n"
+    "  --seq-len T          tokens per sequence (default 256)\n"
+    "\n"
+    "optimization:\n"
+    "  --optimizer NAME     adamw (default) or lion\n"
+    "  --lr X               peak learning rate (default 3e-4)\n"
+    "  --beta1 X --beta2 X  moment decay (adamw 0.9 0.95, lion 0.9 0.99)\n"
+    "  --eps X              adamw epsilon (default 1e-8)\n"
+    "  --weight-decay X     decoupled, not on norms (adamw 0.1, lion 1.0)\n"
+    "  --clip X             global gradient-norm clipping, 0 = off (default 1.0)\n"
+    "  --schedule NAME      cosine (default), linear or constant\n"
+    "  --warmup N           linear warmup steps (default 0)\n"
+    "  --min-lr-ratio X     floor of the decay as a fraction of --lr (default 0.1)\n"
+    "  --seed N             init and data-order seed (default 0)\n"
+    "\n"
+    "evaluation, saving, output:\n"
+    "  --eval-every N       validate every N steps (default 0: only at the end)\n"
+    "  --eval-tokens N      tokens per validation, 0 = the whole split (default 0)\n"
+    "  --save-every N       save every N steps (default 0: only at the end)\n"
+    "  --threads N          CPU threads (default: OpenMP's choice)\n"
+    "  --device NAME        cpu (default; cuda when built with it)\n"
+    "  -h, --help           show this help\n"
+    "  --version            show the version\n"
+    "\n"
+    "Numbers take suffixes K, M, G (x1000 for --tokens, --steps). See train(1).\n";
+
+/* ---- options ---------------------------------------------------------------
+ * One table drives parsing, the settings stored in trainer_state.json and the
+ * check on --resume that the run is the same run. */
+
+typedef struct {
+    const char *init, *from, *data, *val, *out, *tokenizer, *optimizer, *schedule, *device;
+    long long steps, tokens, batch, micro_batch, seq_len, warmup, seed, eval_every, eval_tokens, save_every, threads;
+    double lr, beta1, beta2, eps, weight_decay, clip, min_lr_ratio;
+    bool resume, force;
+} options;
+
+typedef enum { OPT_STR, OPT_INT, OPT_DBL } opt_type;
+
+typedef struct {
+    const char *name;
+    opt_type type;
+    size_t off;
+    double lo, hi;
+    bool setting;     /* stored in trainer_state.json */
+    bool may_change;  /* a resumed run may give another value */
+} opt_spec;
+
+#define S(f) OPT_STR, offsetof(options, f), 0, 0
+#define I(f, lo, hi) OPT_INT, offsetof(options, f), lo, hi
+#define D(f, lo, hi) OPT_DBL, offsetof(options, f), lo, hi
+static const opt_spec specs[] = {
+    {"--init", S(init), true, true},
+    {"--from", S(from), true, true},
+    {"--data", S(data), true, false},
+    {"--val", S(val), true, true},
+    {"--out", S(out), false, false},
+    {"--tokenizer", S(tokenizer), false, false},
+    {"--optimizer", S(optimizer), true, false},
+    {"--schedule", S(schedule), true, false},
+    {"--device", S(device), false, false},
+    {"--steps", I(steps, 1, 1e15), true, true},
+    {"--tokens", I(tokens, 1, 1e18), true, true},
+    {"--batch", I(batch, 1, 1 << 20), true, false},
+    {"--micro-batch", I(micro_batch, 1, 1 << 20), true, true},
+    {"--seq-len", I(seq_len, 1, 1 << 24), true, false},
+    {"--warmup", I(warmup, 0, 1e15), true, false},
+    {"--seed", I(seed, 0, 9.2e18), true, false},
+    {"--eval-every", I(eval_every, 0, 1e15), true, true},
+    {"--eval-tokens", I(eval_tokens, 0, 1e18), true, true},
+    {"--save-every", I(save_every, 0, 1e15), true, true},
+    {"--threads", I(threads, 1, 4096), false, false},
+    {"--lr", D(lr, 0, 1e30), true, false},
+    {"--beta1", D(beta1, 0, 1), true, false},
+    {"--beta2", D(beta2, 0, 1), true, false},
+    {"--eps", D(eps, 0, 1), true, false},
+    {"--weight-decay", D(weight_decay, 0, 1e6), true, false},
+    {"--clip", D(clip, 0, 1e30), true, false},
+    {"--min-lr-ratio", D(min_lr_ratio, 0, 1), true, false},
+};
+#undef S
+#undef I
+#undef D
+#define NSPECS (sizeof specs / sizeof *specs)
+
+static void *field(options *o, const opt_spec *s)
+{
+    return (char *)o + s->off;
+}
+
+/* --steps and --tokens count in thousands; sizes in the rest are plain. */
+static long long parse_count(const char *opt, const char *s, long long lo, long long hi)
+{
+    char buf[64];
+    size_t n = strlen(s);
+    long long mult = 1;
+    if (n > 0 && n < sizeof buf && strchr("KMG", s[n - 1])) {
+        mult = s[n - 1] == 'K' ? 1000 : s[n - 1] == 'M' ? 1000000 : 1000000000;
+        memcpy(buf, s, n - 1);
+        buf[n - 1] = 0;
+        long long v = upc_parse_int(opt, buf, 1, hi / mult);
+        if (v * mult < lo)
+            upc_usage_fail("%s: %s is below %lld", opt, s, lo);
+        return v * mult;
+    }
+    return upc_parse_int(opt, s, lo, hi);
+}
+
+static void parse_args(int argc, char **argv, options *o, bool *given)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (upc_is_help(a)) {
+            fputs(usage, stdout);
+            exit(0);
+        } else if (upc_is_version(a)) {
+            upc_print_version();
+            exit(0);
+        } else if (strcmp(a, "--resume") == 0) {
+            o->resume = true;
+            continue;
+        } else if (strcmp(a, "--force") == 0) {
+            o->force = true;
+            continue;
+        }
+        size_t k = 0;
+        while (k < NSPECS && strcmp(a, specs[k].name) != 0)
+            k++;
+        if (k == NSPECS || i + 1 >= argc)
+            upc_usage_fail(k == NSPECS ? "unknown option or argument '%s'" : "%s needs a value", a);
+        const opt_spec *s = &specs[k];
+        const char *v = argv[++i];
+        if (s->type == OPT_STR)
+            *(const char **)field(o, s) = v;
+        else if (s->type == OPT_INT)
+            *(long long *)field(o, s) = parse_count(a, v, (long long)s->lo, (long long)s->hi);
+        else
+            *(double *)field(o, s) = upc_parse_double(a, v, s->lo, s->hi);
+        given[k] = true;
+    }
+}
+
+static bool was_given(const bool *given, const char *name)
+{
+    for (size_t k = 0; k < NSPECS; k++)
+        if (strcmp(specs[k].name, name) == 0)
+            return given[k];
+    return false;
+}
+
+static json_t *settings_to_json(options *o, const bool *given)
+{
+    json_t *j = json_object();
+    for (size_t k = 0; k < NSPECS; k++) {
+        const opt_spec *s = &specs[k];
+        if (!s->setting)
+            continue;
+        json_t *v = NULL;
+        if (s->type == OPT_STR) {
+            const char *str = *(const char **)field(o, s);
+            v = str ? json_string(str) : json_null();
+        } else if (s->type == OPT_INT) {
+            v = json_integer(*(long long *)field(o, s));
+        } else {
+            v = json_real(*(double *)field(o, s));
+        }
+        /* --steps/--tokens: only the one given means anything */
+        if ((strcmp(s->name, "--steps") == 0 || strcmp(s->name, "--tokens") == 0) && !given[k]) {
+            json_decref(v);
+            v = json_null();
+        }
+        json_object_set_new(j, s->name + 2, v);
+    }
+    return j;
+}
+
+/* On --resume: stored settings fill what the command line left out; a
+ * given value that differs from the stored one is refused unless the
+ * option may change (the length, evaluation and saving cadence). */
+static void merge_resumed_settings(options *o, bool *given, json_t *stored, const char *path)
+{
+    bool new_length = was_given(given, "--steps") || was_given(given, "--tokens");
+    for (size_t k = 0; k < NSPECS; k++) {
+        const opt_spec *s = &specs[k];
+        if (!s->setting)
+            continue;
+        bool length = strcmp(s->name, "--steps") == 0 || strcmp(s->name, "--tokens") == 0;
+        if (length && new_length)
+            continue;   /* a new length replaces the old, whichever unit */
+        json_t *v = json_object_get(stored, s->name + 2);
+        if (!v)
+            upc_fail(EX_DATAERR, "%s: settings.%s missing", path, s->name + 2);
+        bool is_null = json_is_null(v);
+        if (given[k]) {
+            bool same;
+            if (s->type == OPT_STR)
+                same = !is_null && json_is_string(v) && strcmp(json_string_value(v), *(const char **)field(o, s)) == 0;
+            else if (s->type == OPT_INT)
+                same = json_is_integer(v) && json_integer_value(v) == *(long long *)field(o, s);
+            else
+                same = json_is_number(v) && json_number_value(v) == *(double *)field(o, s);
+            if (!same && !s->may_change) {
+                char *was = json_dumps(v, JSON_ENCODE_ANY);
+                upc_usage_fail("--resume: %s differs from the run being resumed (%s); start a new run to change it",
+                               s->name, was);
+            }
+            continue;
+        }
+        if (is_null)
+            continue;
+        bool ok = s->type == OPT_STR ? json_is_string(v) : s->type == OPT_INT ? json_is_integer(v) : json_is_number(v);
+        if (!ok)
+            upc_fail(EX_DATAERR, "%s: settings.%s has the wrong type", path, s->name + 2);
+        if (s->type == OPT_STR)
+            *(const char **)field(o, s) = json_string_value(v);
+        else if (s->type == OPT_INT)
+            *(long long *)field(o, s) = json_integer_value(v);
+        else
+            *(double *)field(o, s) = json_number_value(v);
+        given[k] = true;
+    }
+}
+
+/* ---- the run ----------------------------------------------------------- */
+
+typedef struct {
+    options o;
+    model_config cfg;
+    model *m;
+    optim *opt;
+    lr_schedule sched;
+    loader *train, *val;
+    mpk_writer rec;
+    char *tokenizer_json;         /* file contents to store, or NULL */
+    size_t tokenizer_len;
+    long long total_steps;
+    double flops_per_token;
+    train_state st;               /* step, tokens, elapsed: the run so far */
+    int32_t *ids, *targets;       /* host [micro][T] */
+    int64_t *load;                /* [L][E] expert assignments this step */
+    bool tty;
+} run;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* Load the tokenizer to store, and check it against the data it will train
+ * on: a stream made with another tokenizer would train on wrong ids. */
+static void check_tokenizer(run *r, const char *path, const shard_index *ix)
+{
+    if (!path || !exists(path))
+        return;
+    char err[512];
+    bpe_tokenizer *t = bpe_load(path, err, sizeof err);
+    if (!t)
+        upc_fail(EX_DATAERR, "%s: %s", path, err);
+    char digest[32];
+    bpe_digest(t, digest);
+    if (ix->h.tokenizer[0] && strcmp(digest, ix->h.tokenizer) != 0)
+        upc_fail(EX_DATAERR, "%s: tokenizer %s differs from the one that made %s (%s)", path, digest, ix->dir,
+                 ix->h.tokenizer);
+    if ((int64_t)bpe_vocab_size(t) > r->cfg.vocab_size)
+        upc_fail(EX_DATAERR, "%s: %zu tokens do not fit the model's vocab_size %lld", path, bpe_vocab_size(t),
+                 (long long)r->cfg.vocab_size);
+    bpe_free(t);
+    r->tokenizer_json = upc_read_file(path, &r->tokenizer_len);
+}
+
+static void check_data(const run *r, const loader *L, const char *what)
+{
+    const shard_index *ix = loader_index(L);
+    if ((int64_t)ix->h.vocab_size > r->cfg.vocab_size)
+        upc_fail(EX_DATAERR, "%s: %s vocabulary of %llu tokens exceeds the model's vocab_size %lld", ix->dir, what,
+                 (unsigned long long)ix->h.vocab_size, (long long)r->cfg.vocab_size);
+}
+
+static loader *open_split(const run *r, const char *dir, bool pad_tail, size_t batch)
+{
+    loader_config lc = {
+        .batch = batch,
+        .seq = (size_t)r->o.seq_len,
+        .seed = (uint64_t)r->o.seed,
+        .world = 1,
+        .pad_tail = pad_tail,
+    };
+    return loader_open(dir, &lc);
+}
+
+static void build_model(run *r, const bool *given)
+{
+    options *o = &r->o;
+    const char *src = o->resume ? o->out : o->from ? o->from : o->init;
+    mc_load(&r->cfg, src);
+    const char *why = mc_unsupported(&r->cfg);
+    if (why)
+        upc_fail(EX_DATAERR, "%s: %s", src, why);
+    if (r->cfg.max_position_embeddings > 0 && o->seq_len > r->cfg.max_position_embeddings)
+        upc_usage_fail("--seq-len %lld exceeds the model's max_position_embeddings %lld", o->seq_len,
+                       (long long)r->cfg.max_position_embeddings);
+    r->m = model_create(kernels_cpu(), &r->cfg);
+    if (o->init && !o->resume) {
+        model_init_weights(r->m, (uint64_t)o->seed);
+    } else {
+        st_reader *sr = st_open(src);
+        model_load_weights(r->m, sr);
+        st_close(sr);
+    }
+
+    optim_kind kind = OPTIM_ADAMW;
+    if (!optim_kind_parse(o->optimizer, &kind))
+        upc_usage_fail("--optimizer: expected adamw or lion, got '%s'", o->optimizer);
+    optim_config oc;
+    optim_config_default(&oc, kind);
+    if (was_given(given, "--beta1"))
+        oc.beta1 = o->beta1;
+    if (was_given(given, "--beta2"))
+        oc.beta2 = o->beta2;
+    if (was_given(given, "--eps"))
+        oc.eps = o->eps;
+    if (was_given(given, "--weight-decay"))
+        oc.weight_decay = o->weight_decay;
+    /* store the values in effect, so a resume compares like with like */
+    o->beta1 = oc.beta1;
+    o->beta2 = oc.beta2;
+    o->eps = oc.eps;
+    o->weight_decay = oc.weight_decay;
+    r->opt = optim_create(r->m, &oc);
+    if (o->resume) {
+        st_reader *sr = st_open_named(o->out, "optimizer");
+        optim_load(r->opt, r->m, sr);
+        st_close(sr);
+        if (r->opt->step != r->st.step)
+            upc_fail(EX_DATAERR, "%s: optimizer state is at step %lld, trainer state at %lld", o->out, r->opt->step,
+                     r->st.step);
+    }
+}
+
+static void save_checkpoint(run *r)
+{
+    const char *out = r->o.out;
+    char tmp[PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid());
+    upc_rm_rf(tmp);
+    if (mkdir(tmp, 0777) != 0)
+        upc_fail(EX_CANTCREAT, "%s: cannot create: %s", tmp, strerror(errno));
+    upc_tmp_register(tmp);
+    char *p = upc_path_join(tmp, "config.json");
+    mc_save(&r->cfg, p);
+    free(p);
+    model_save_weights(r->m, tmp, ST_F32, 5ULL << 30);
+    p = upc_path_join(tmp, "optimizer.safetensors");
+    optim_save(r->opt, r->m, p);
+    free(p);
+    if (r->tokenizer_json) {
+        p = upc_path_join(tmp, "tokenizer.json");
+        upc_out f;
+        upc_out_open(&f, p);
+        upc_out_write(&f, r->tokenizer_json, r->tokenizer_len);
+        upc_out_commit(&f);
+        free(p);
+    }
+    free(r->st.cursor);
+    r->st.cursor_len = loader_cursor_save(r->train, &r->st.cursor);
+    loader_cursor c = loader_tell(r->train);
+    r->st.cursor_epoch = c.epoch;
+    r->st.cursor_step = c.step;
+    p = upc_path_join(tmp, TRAIN_STATE_NAME);
+    train_state_save(&r->st, p);
+    free(p);
+    upc_fsync_dir(tmp);
+    upc_publish_dir(tmp, out);
+}
+
+/* ids/targets of windows [first, first + n) of the batch; positions past a
+ * window's valid tokens are ignored targets (-1) and EOS ids. */
+static long long fill_micro(run *r, const loader_batch *b, size_t first, size_t n)
+{
+    size_t T = (size_t)r->o.seq_len;
+    long long count = 0;
+    for (size_t w = 0; w < n; w++) {
+        const uint32_t *tok = b->tokens + (first + w) * (T + 1);
+        uint32_t valid = b->valid[first + w];
+        for (size_t t = 0; t < T; t++) {
+            r->ids[w * T + t] = (int32_t)tok[t];
+            bool target = t + 1 < valid;
+            r->targets[w * T + t] = target ? (int32_t)tok[t + 1] : -1;
+            count += target;
+        }
+    }
+    return count;
+}
+
+static void pack_eval(run *r, double ce, long long n_targets, double wall)
+{
+    msgpack_packer *pk = &r->rec.pk;
+    msgpack_pack_map(pk, 7);
+    mpk_pack_key_str(pk, "event", "eval");
+    mpk_pack_key_int(pk, "step", r->st.step);
+    mpk_pack_key_int(pk, "tokens", r->st.tokens);
+    mpk_pack_key_double(pk, "loss", ce);
+    mpk_pack_key_double(pk, "ppl", exp(ce));
+    mpk_pack_key_int(pk, "eval_tokens", n_targets);
+    mpk_pack_key_double(pk, "wall_s", wall);
+    mpk_writer_emit(&r->rec);
+}
+
+/* Mean cross-entropy over the first --eval-tokens target tokens of the
+ * validation split (all of it with 0), the same tokens every time. */
+static void evaluate(run *r)
+{
+    if (!r->val)
+        return;
+    double t0 = now();
+    size_t mb = (size_t)r->o.micro_batch, T = (size_t)r->o.seq_len;
+    uint64_t steps = loader_steps(r->val, 0);
+    if (r->o.eval_tokens > 0) {
+        uint64_t want = ((uint64_t)r->o.eval_tokens + mb * T - 1) / (mb * T);
+        if (want < steps)
+            steps = want;
+    }
+    loader_seek(r->val, (loader_cursor){0, 0});
+    double sum = 0;
+    long long n = 0;
+    for (uint64_t s = 0; s < steps; s++) {
+        const loader_batch *b = loader_next(r->val);
+        long long cnt = fill_micro(r, b, 0, mb);
+        if (!cnt)
+            continue;
+        model_loss loss;
+        model_forward(r->m, r->ids, r->targets, (int)mb, (int)T, &loss);
+        sum += loss.ce * (double)loss.n_targets;
+        n += loss.n_targets;
+    }
+    double ce = n ? sum / (double)n : NAN;
+    pack_eval(r, ce, n, now() - t0);
+    if (r->tty)
+        fprintf(stderr, "\r\033[Ktrain: step %lld  val loss %.4f  ppl %.2f  (%lld tokens)\n", r->st.step, ce, exp(ce),
+                n);
+}
+
+static void fmt_duration(char *buf, size_t n, double s)
+{
+    if (!isfinite(s) || s < 0)
+        snprintf(buf, n, "?");
+    else if (s < 60)
+        snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600)
+        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else
+        snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+}
+
+static void pack_start(run *r)
+{
+    mc_params p = mc_param_count(&r->cfg);
+    msgpack_packer *pk = &r->rec.pk;
+    msgpack_pack_map(pk, 12);
+    mpk_pack_key_str(pk, "event", "train_start");
+    mpk_pack_key_str(pk, "out", r->o.out);
+    mpk_pack_key_str(pk, "mode", r->o.resume ? "resume" : r->o.from ? "from" : "init");
+    mpk_pack_key_int(pk, "params", p.total);
+    mpk_pack_key_int(pk, "active_params", p.active);
+    mpk_pack_key_double(pk, "flops_per_token", r->flops_per_token);
+    mpk_pack_key_int(pk, "start_step", r->st.step);
+    mpk_pack_key_int(pk, "steps", r->total_steps);
+    mpk_pack_key_int(pk, "batch", r->o.batch);
+    mpk_pack_key_int(pk, "seq_len", r->o.seq_len);
+    mpk_pack_key_int(pk, "threads", r->st.threads);
+    mpk_pack_key_str(pk, "device", r->m->K->name);
+    mpk_writer_emit(&r->rec);
+}
+
+static void pack_step(run *r, const model_loss *l, double gnorm, double lr, double wall, long long step_tokens)
+{
+    msgpack_packer *pk = &r->rec.pk;
+    bool moe = r->m->n_moe_layers > 0;
+    msgpack_pack_map(pk, 12 + moe);
+    mpk_pack_key_str(pk, "event", "train_step");
+    mpk_pack_key_int(pk, "step", r->st.step);
+    mpk_pack_key_int(pk, "tokens", r->st.tokens);
+    mpk_pack_key_double(pk, "loss", l->total);
+    mpk_pack_key_double(pk, "ce", l->ce);
+    mpk_pack_key_double(pk, "lb_loss", l->lb);
+    mpk_pack_key_double(pk, "z_loss", l->z);
+    mpk_pack_key_double(pk, "grad_norm", gnorm);
+    mpk_pack_key_double(pk, "lr", lr);
+    mpk_pack_key_double(pk, "tokens_per_s", (double)step_tokens / wall);
+    mpk_pack_key_double(pk, "gflops", r->flops_per_token * (double)step_tokens / wall / 1e9);
+    mpk_pack_key_double(pk, "wall_s", wall);
+    if (moe) {
+        mpk_pack_cstr(pk, "expert_load");
+        msgpack_pack_array(pk, (size_t)r->m->n_moe_layers);
+        for (int li = 0; li < r->m->L; li++) {
+            if (!r->m->layers[li].moe)
+                continue;
+            msgpack_pack_array(pk, (size_t)r->m->E);
+            for (int e = 0; e < r->m->E; e++)
+                msgpack_pack_int64(pk, r->load[(size_t)li * r->m->E + e]);
+        }
+    }
+    mpk_writer_emit(&r->rec);
+}
+
+static void pack_end(run *r, int signo)
+{
+    msgpack_packer *pk = &r->rec.pk;
+    msgpack_pack_map(pk, 6);
+    mpk_pack_key_str(pk, "event", "train_end");
+    mpk_pack_key_int(pk, "step", r->st.step);
+    mpk_pack_key_int(pk, "tokens", r->st.tokens);
+    mpk_pack_key_double(pk, "elapsed_s", r->st.elapsed_s);
+    mpk_pack_cstr(pk, "interrupted");
+    if (signo)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    mpk_pack_key_str(pk, "checkpoint", r->o.out);
+    mpk_writer_emit(&r->rec);
+}
+
+/* One optimizer step over a batch of --batch windows, in micro-batches. */
+static void train_step(run *r, long long step)
+{
+    model *m = r->m;
+    double t0 = now();
+    const loader_batch *b = loader_next(r->train);
+    size_t mb = (size_t)r->o.micro_batch, T = (size_t)r->o.seq_len;
+    size_t accum = (size_t)r->o.batch / mb;
+    model_loss sum = {0};
+    long long step_tokens = 0;
+    if (r->load)
+        memset(r->load, 0, (size_t)m->L * m->E * sizeof *r->load);
+    model_zero_grads(m);
+    for (size_t a = 0; a < accum; a++) {
+        step_tokens += fill_micro(r, b, a * mb, mb);
+        model_loss l;
+        model_forward(m, r->ids, r->targets, (int)mb, (int)T, &l);
+        /* full windows: every micro-batch has mb*T targets, so the batch
+         * mean is the mean of the micro-batch means */
+        model_backward(m, 1.0f / (float)accum);
+        sum.total += l.total / (double)accum;
+        sum.ce += l.ce / (double)accum;
+        sum.lb += l.lb / (double)accum;
+        sum.z += l.z / (double)accum;
+        if (r->load)
+            for (size_t i = 0; i < (size_t)m->L * m->E; i++)
+                r->load[i] += m->expert_counts[i];
+    }
+    double gnorm = optim_grad_norm(r->opt, m);
+    if (!isfinite(sum.total) || !isfinite(gnorm))
+        upc_fail(EX_SOFTWARE,
+                 "step %lld: the loss is %g and the gradient norm %g (diverged; lower --lr or add --warmup); "
+                 "%s keeps the last save",
+                 step, sum.total, gnorm, r->o.out);
+    double lr = lr_at(&r->sched, step);
+    double scale = r->o.clip > 0 && gnorm > r->o.clip ? r->o.clip / gnorm : 1.0;
+    optim_step(r->opt, m, lr, scale);
+    double wall = now() - t0;
+    r->st.step = step;
+    r->st.tokens += step_tokens;
+    r->st.elapsed_s += wall;
+    pack_step(r, &sum, gnorm, lr, wall, step_tokens);
+    if (r->tty) {
+        double rate = (double)r->st.tokens / r->st.elapsed_s;
+        char eta[32];
+        fmt_duration(eta, sizeof eta, (double)(r->total_steps - step) * r->st.elapsed_s / (double)step);
+        fprintf(stderr, "\r\033[Ktrain: step %lld/%lld  loss %.4f  lr %.3g  %.4g tok/s  ETA %s", step,
+                r->total_steps, sum.total, lr, rate, eta);
+    }
+}
+
+static volatile sig_atomic_t stop_signal;
+
+int main(int argc, char **argv)
+{
+    upc_init("train");
+    run R = {0};
+    options *o = &R.o;
+    *o = (options){
+        .optimizer = "adamw",
+        .schedule = "cosine",
+        .device = "cpu",
+        .batch = 8,
+        .seq_len = 256,
+        .lr = 3e-4,
+        .clip = 1.0,
+        .min_lr_ratio = 0.1,
+    };
+    bool given[NSPECS] = {0};
+    parse_args(argc, argv, o, given);
+    json_t *stored = NULL;
+
+    if (!o->out)
+        upc_usage_fail("missing --out DIR");
+    size_t n = strlen(o->out);
+    while (n > 1 && o->out[n - 1] == '/')
+        ((char *)o->out)[--n] = 0;
+    if (strcmp(o->device, "cpu") != 0)
+        upc_fail(EX_UNAVAILABLE, "--device %s: this build has only the cpu backend", o->device);
+    char *state_path = upc_path_join(o->out, TRAIN_STATE_NAME);
+    if (o->resume) {
+        if (!exists(state_path))
+            upc_fail(EX_NOINPUT, "%s: no %s to resume from (was the run saved?)", o->out, TRAIN_STATE_NAME);
+        train_state_load(&R.st, state_path);
+        /* the stored strings stay in `stored` for the whole run */
+        stored = R.st.settings;
+        R.st.settings = NULL;
+        merge_resumed_settings(o, given, stored, state_path);
+    } else {
+        if ((o->init != NULL) + (o->from != NULL) != 1)
+            upc_usage_fail("give one of --init CONFIG, --from CKPT or --resume");
+        if (exists(o->out) && !o->force)
+            upc_fail(EX_CANTCREAT, "%s: already exists (--resume continues it, --force replaces it)", o->out);
+    }
+    if (!o->data)
+        upc_usage_fail("missing --data DIR");
+    if ((o->steps > 0) + (o->tokens > 0) != 1)
+        upc_usage_fail("give one of --steps N or --tokens N");
+    if (!was_given(given, "--micro-batch"))
+        o->micro_batch = o->batch;
+    if (o->batch % o->micro_batch)
+        upc_usage_fail("--micro-batch %lld does not divide --batch %lld", o->micro_batch, o->batch);
+    lr_shape shape;
+    if (!lr_shape_parse(o->schedule, &shape))
+        upc_usage_fail("--schedule: expected cosine, linear or constant, got '%s'", o->schedule);
+    if (o->threads > 0)
+        omp_set_num_threads((int)o->threads);
+    int threads = omp_get_max_threads();
+    if (o->resume && R.st.threads && R.st.threads != threads)
+        upc_warn("resuming on %d threads, the run was saved on %d: the losses will differ in the last bits",
+                 threads, R.st.threads);
+    R.st.threads = threads;
+
+    /* Refuse a terminal for the records before any work; discard them there. */
+    R.tty = isatty(STDERR_FILENO);
+    if (isatty(STDOUT_FILENO)) {
+        upc_warn("stdout is a terminal: records are not written (redirect them to a file or | records json)");
+        mpk_writer_open(&R.rec, "/dev/null");
+    } else {
+        mpk_writer_open(&R.rec, "-");
+    }
+
+    R.train = open_split(&R, o->data, false, (size_t)o->batch);
+    long long per_step = o->batch * o->seq_len;
+    R.total_steps = o->steps > 0 ? o->steps : (o->tokens + per_step - 1) / per_step;
+    if (o->resume && R.st.step > R.total_steps)
+        upc_usage_fail("--resume: the run is already at step %lld, past the %lld steps asked for", R.st.step,
+                       R.total_steps);
+    if (o->warmup > R.total_steps)
+        upc_usage_fail("--warmup %lld is longer than the run (%lld steps)", o->warmup, R.total_steps);
+    build_model(&R, given);
+    check_data(&R, R.train, "training");
+    const char *tok = o->tokenizer;
+    char *tok_default = NULL;
+    if (!tok) {
+        const char *ckpt = o->resume ? o->out : o->from;
+        tok = tok_default = ckpt ? upc_path_join(ckpt, "tokenizer.json") : NULL;
+    } else if (!exists(tok)) {
+        upc_fail(EX_NOINPUT, "%s: %s", tok, strerror(errno));
+    }
+    check_tokenizer(&R, tok, loader_index(R.train));
+    if (o->val) {
+        R.val = open_split(&R, o->val, true, (size_t)o->micro_batch);
+        check_data(&R, R.val, "validation");
+    }
+    R.sched = (lr_schedule){shape, o->lr, o->min_lr_ratio, o->warmup, R.total_steps};
+    R.flops_per_token = mc_train_flops_per_token(&R.cfg, o->seq_len);
+    R.ids = upc_malloc((size_t)(o->micro_batch * o->seq_len) * sizeof *R.ids);
+    R.targets = upc_malloc((size_t)(o->micro_batch * o->seq_len) * sizeof *R.targets);
+    if (R.m->n_moe_layers)
+        R.load = upc_calloc((size_t)R.m->L * R.m->E, sizeof *R.load);
+    if (o->resume)
+        loader_cursor_load(R.train, R.st.cursor, R.st.cursor_len);
+    R.st.settings = settings_to_json(o, given);
+
+    upc_defer_signals(&stop_signal);
+    pack_start(&R);
+    int signo = 0;
+    for (long long step = R.st.step + 1; step <= R.total_steps; step++) {
+        train_step(&R, step);
+        if (stop_signal) {
+            signo = stop_signal;
+            break;
+        }
+        bool last = step == R.total_steps;
+        if (o->eval_every > 0 && step % o->eval_every == 0 && !last)
+            evaluate(&R);
+        if (o->save_every > 0 && step % o->save_every == 0 && !last)
+            save_checkpoint(&R);
+    }
+    if (R.tty)
+        fputc('\n', stderr);
+    if (!signo)
+        evaluate(&R);
+    save_checkpoint(&R);
+    pack_end(&R, signo);
+    mpk_writer_commit(&R.rec);
+    if (signo) {
+        upc_warn("stopped by signal %d after step %lld; saved to %s (continue with --resume)", signo, R.st.step, o->out);
+        return 128 + signo;
+    }
+    fprintf(stderr, "train: %lld steps, %lld tokens in %.1f s; saved to %s\n", R.st.step, R.st.tokens,
+            R.st.elapsed_s, o->out);
+
+    free(tok_default);
+    free(state_path);
+    free(R.ids);
+    free(R.targets);
+    free(R.load);
+    free(R.tokenizer_json);
+    if (R.val)
+        loader_close(R.val);
+    loader_close(R.train);
+    optim_free(R.opt);
+    model_free(R.m);
+    mc_free(&R.cfg);
+    train_state_free(&R.st);
+    json_decref(stored);
+    return 0;
+}
