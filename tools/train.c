@@ -758,12 +758,11 @@ int main(int argc, char **argv)
     save_checkpoint(&R);
     pack_end(&R, signo);
     mpk_writer_commit(&R.rec);
-    if (signo) {
+    if (signo)
         upc_warn("stopped by signal %d after step %lld; saved to %s (continue with --resume)", signo, R.st.step, o->out);
-        return 128 + signo;
-    }
-    fprintf(stderr, "train: %lld steps, %lld tokens in %.1f s; saved to %s\n", R.st.step, R.st.tokens,
-            R.st.elapsed_s, o->out);
+    else
+        fprintf(stderr, "train: %lld steps, %lld tokens in %.1f s; saved to %s\n", R.st.step, R.st.tokens,
+                R.st.elapsed_s, o->out);
 
     free(tok_default);
     free(state_path);
@@ -779,5 +778,5 @@ int main(int argc, char **argv)
     mc_free(&R.cfg);
     train_state_free(&R.st);
     json_decref(stored);
-    return 0;
+    return signo ? 128 + signo : 0;
 }

@@ -1,0 +1,287 @@
+#!/usr/bin/env bats
+# train: learning, schedules, micro-batches, checkpoints, exact resume after
+# a signal or a kill -9, MoE from an upcycled checkpoint, and bad input.
+
+load helpers
+
+# A 512-token tokenizer, shards of two fortune files, and a tiny model
+# config, made once per file.
+setup_file() {
+    export D="$BATS_FILE_TMPDIR"
+    local corpus="/usr/share/games/fortunes/fortunes /usr/share/games/fortunes/science"
+    # shellcheck disable=SC2086
+    "$UPCYC_BIN/tokenize" train --vocab-size 512 --split separator=% -o "$D/tok.json" $corpus
+    # shellcheck disable=SC2086
+    "$UPCYC_BIN/tokenize" encode --tokenizer "$D/tok.json" --split separator=% -o "$D/tokens.mpk" $corpus
+    "$UPCYC_BIN/shard" --val-fraction 0.05 --chunk-tokens 4096 "$D/shards" "$D/tokens.mpk"
+    cat > "$D/tiny.json" <<'EOF'
+{
+  "architectures": ["LlamaForCausalLM"],
+  "hidden_size": 32,
+  "intermediate_size": 64,
+  "max_position_embeddings": 128,
+  "model_type": "llama",
+  "num_attention_heads": 2,
+  "num_hidden_layers": 2,
+  "num_key_value_heads": 1,
+  "rms_norm_eps": 1e-05,
+  "rope_theta": 10000.0,
+  "tie_word_embeddings": true,
+  "vocab_size": 512
+}
+EOF
+    export BASE="--data $D/shards/train --tokenizer $D/tok.json --batch 4 --seq-len 32 --lr 1e-2 --warmup 2"
+}
+
+# field of every record of event $2 in msgpack file $1, one per line
+fields() {
+    records json < "$1" | jq -r "select(.event==\"$2\") | .$3"
+}
+
+@test "train: --help, and usage errors exit 64 with one line" {
+    run train --help
+    assert_status 0
+    assert_output_contains "--resume"
+    # shellcheck disable=SC2086
+    for args in "--data $D/shards/train --steps 3" \
+        "--init $D/tiny.json --out $TMP/o --steps 3" \
+        "--init $D/tiny.json --from $D --data $D/shards/train --out $TMP/o --steps 3" \
+        "--init $D/tiny.json --data $D/shards/train --out $TMP/o" \
+        "--init $D/tiny.json --data $D/shards/train --out $TMP/o --steps 3 --tokens 100" \
+        "--init $D/tiny.json --data $D/shards/train --out $TMP/o --steps 3 --batch 4 --micro-batch 3" \
+        "--init $D/tiny.json --data $D/shards/train --out $TMP/o --steps 3 --warmup 4" \
+        "--init $D/tiny.json --data $D/shards/train --out $TMP/o --steps 3 --schedule step" \
+        "--init $D/tiny.json --data $D/shards/train --out $TMP/o --steps 3 --optimizer sgd" \
+        "--init $D/tiny.json --data $D/shards/train --out $TMP/o --steps 3 --seq-len 129" \
+        "--init $D/tiny.json --data $D/shards/train --out $TMP/o --steps 3 --lr -1"; do
+        run train $args
+        assert_status 64
+        assert_one_error_line train
+    done
+    [ ! -e "$TMP/o" ]
+}
+
+@test "train: the loss falls, the checkpoint is complete and loads again" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --val "$D/shards/val" --steps 40 --eval-every 20 \
+        --out "$TMP/run" > "$TMP/r.mpk"
+    for f in config.json model.safetensors optimizer.safetensors tokenizer.json trainer_state.json; do
+        [ -s "$TMP/run/$f" ] || { echo "missing $f" >&2; return 1; }
+    done
+    cmp "$D/tok.json" "$TMP/run/tokenizer.json"
+    [ "$(fields "$TMP/r.mpk" train_step step | wc -l)" -eq 40 ]
+    first=$(fields "$TMP/r.mpk" train_step loss | head -1)
+    evals=$(fields "$TMP/r.mpk" eval loss | tr '\n' ' ')
+    set -- $evals
+    [ $# -eq 2 ]
+    # from ln(512) = 6.24 at init; the val loss falls and stays below the start
+    awk -v a="$first" -v e1="$1" -v e2="$2" 'BEGIN { exit !(a > 6.0 && e1 < a - 0.5 && e2 < e1) }' ||
+        { echo "first $first evals $evals" >&2; return 1; }
+    [ "$(jq .step "$TMP/run/trainer_state.json")" -eq 40 ]
+    [ "$(jq .tokens "$TMP/run/trainer_state.json")" -eq $((40 * 4 * 32)) ]
+    [ "$(fields "$TMP/r.mpk" train_end interrupted)" = false ]
+    # continue pretraining from it: step 1 of the new run starts near the old end
+    # shellcheck disable=SC2086
+    train --from "$TMP/run" --data "$D/shards/train" --batch 4 --seq-len 32 --steps 1 \
+        --out "$TMP/cpt" > "$TMP/c.mpk"
+    cpt=$(fields "$TMP/c.mpk" train_step ce)
+    awk -v c="$cpt" -v e="$2" 'BEGIN { exit !(c < e + 0.5) }' || { echo "cpt $cpt eval $2" >&2; return 1; }
+    cmp "$D/tok.json" "$TMP/cpt/tokenizer.json"
+}
+
+@test "train: the learning-rate schedule follows warmup, decay and floor" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" --data "$D/shards/train" --batch 2 --seq-len 16 --steps 12 \
+        --lr 0.01 --warmup 4 --schedule linear --min-lr-ratio 0.5 --out "$TMP/s" > "$TMP/s.mpk"
+    run fields "$TMP/s.mpk" train_step lr
+    lrs=($output)
+    # steps 1..4 warm up linearly, then linear decay from 0.01 to 0.005 at step 12
+    for i in 1 2 4 8 12; do
+        want=$(awk -v s=$i 'BEGIN { if (s <= 4) print 0.01 * s / 4; else print 0.01 - 0.005 * (s - 4) / 8 }')
+        awk -v g="${lrs[$((i - 1))]}" -v w="$want" 'BEGIN { d = g - w; exit !(d < 1e-12 && d > -1e-12) }' ||
+            { echo "step $i lr ${lrs[$((i - 1))]}, want $want" >&2; return 1; }
+    done
+    # cosine reaches its floor at the end; constant stays at the peak
+    train --init "$D/tiny.json" --data "$D/shards/train" --batch 2 --seq-len 16 --steps 6 \
+        --lr 0.01 --min-lr-ratio 0.1 --out "$TMP/c" > "$TMP/c.mpk"
+    fields "$TMP/c.mpk" train_step lr | awk 'NR == 1 { a = $1 } END {
+        w = 0.001 + 0.009 * (1 + cos(3.14159265358979 / 6)) / 2
+        exit !(a - w < 1e-12 && w - a < 1e-12 && $1 - 0.001 < 1e-12 && 0.001 - $1 < 1e-12) }'
+    train --init "$D/tiny.json" --data "$D/shards/train" --batch 2 --seq-len 16 --steps 3 \
+        --lr 0.01 --schedule constant --out "$TMP/k" > "$TMP/k.mpk"
+    [ "$(fields "$TMP/k.mpk" train_step lr | sort -u)" = "0.01" ]
+}
+
+@test "train: micro-batches accumulate to the full batch's loss and gradient" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --steps 3 --out "$TMP/full" > "$TMP/full.mpk"
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --steps 3 --micro-batch 1 --out "$TMP/micro" > "$TMP/micro.mpk"
+    paste <(fields "$TMP/full.mpk" train_step loss) <(fields "$TMP/micro.mpk" train_step loss) \
+        <(fields "$TMP/full.mpk" train_step grad_norm) <(fields "$TMP/micro.mpk" train_step grad_norm) |
+        awk '{ d = $1 - $2; g = ($3 - $4) / $3; if (d > 1e-5 || d < -1e-5 || g > 1e-4 || g < -1e-4) { print; bad = 1 } }
+             END { exit bad }'
+}
+
+@test "train: Lion trains, and --tokens sets the number of steps" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --optimizer lion --lr 1e-2 --tokens 2000 --out "$TMP/l" > "$TMP/l.mpk"
+    # ceil(2000 / (4 * 32)) = 16 steps
+    [ "$(fields "$TMP/l.mpk" train_step step | tail -1)" -eq 16 ]
+    fields "$TMP/l.mpk" train_step loss | awk 'NR == 1 { a = $1 } END { exit !($1 < a - 0.3) }'
+    # Lion keeps one moment, AdamW two
+    run python3 -c 'import json,struct,sys
+f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n))
+print(h["__metadata__"]["optimizer"], sum(k.endswith(".exp_avg_sq") for k in h), sum(k.endswith(".exp_avg") for k in h))' \
+        "$TMP/l/optimizer.safetensors"
+    assert_status 0
+    [ "$output" = "lion 0 $(python3 -c 'import json,struct,sys
+f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n))
+print(sum(1 for k in h if k != "__metadata__"))' "$TMP/l/model.safetensors")" ]
+}
+
+# The steps and losses of every train_step in $1, as "step loss" lines.
+losses() {
+    records json < "$1" | jq -r 'select(.event=="train_step") | "\(.step) \(.loss) \(.grad_norm)"'
+}
+
+@test "train: SIGTERM saves, exits 143, and --resume continues bit for bit" {
+    local args="--init $D/tiny.json $BASE --steps 30"
+    # shellcheck disable=SC2086
+    train $args --out "$TMP/a" > "$TMP/a.mpk"
+    # shellcheck disable=SC2086
+    train $args --out "$TMP/b" > "$TMP/b.mpk" &
+    local pid=$!
+    for _ in $(seq 400); do
+        [ "$(records json < "$TMP/b.mpk" 2> /dev/null | grep -c train_step)" -ge 5 ] && break
+        sleep 0.05
+    done
+    kill -TERM $pid
+    local rc=0
+    wait $pid || rc=$?
+    [ "$rc" -eq 143 ]
+    local at
+    at=$(jq .step "$TMP/b/trainer_state.json")
+    [ "$at" -ge 5 ] && [ "$at" -lt 30 ]
+    [ "$(fields "$TMP/b.mpk" train_end interrupted)" = true ]
+    # the same command with --resume; the settings come from the checkpoint
+    train --resume --out "$TMP/b" > "$TMP/b2.mpk"
+    diff <(losses "$TMP/a.mpk" | awk -v s="$at" '$1 > s') <(losses "$TMP/b2.mpk")
+    cmp "$TMP/a/model.safetensors" "$TMP/b/model.safetensors"
+    cmp "$TMP/a/optimizer.safetensors" "$TMP/b/optimizer.safetensors"
+}
+
+@test "train: after kill -9 --resume continues from the last save, bit for bit" {
+    local args="--init $D/tiny.json $BASE --steps 24 --save-every 4"
+    # shellcheck disable=SC2086
+    train $args --out "$TMP/a" > "$TMP/a.mpk"
+    # shellcheck disable=SC2086
+    train $args --out "$TMP/b" > "$TMP/b.mpk" &
+    local pid=$!
+    for _ in $(seq 400); do
+        [ "$(records json < "$TMP/b.mpk" 2> /dev/null | grep -c train_step)" -ge 10 ] && break
+        sleep 0.05
+    done
+    kill -KILL $pid
+    wait $pid || true
+    local at
+    at=$(jq .step "$TMP/b/trainer_state.json")
+    [ "$at" -ge 8 ] && [ $((at % 4)) -eq 0 ]
+    # shellcheck disable=SC2086
+    train $args --resume --out "$TMP/b" > "$TMP/b2.mpk"
+    diff <(losses "$TMP/a.mpk" | awk -v s="$at" '$1 > s') <(losses "$TMP/b2.mpk")
+    cmp "$TMP/a/model.safetensors" "$TMP/b/model.safetensors"
+    # no temporary directory left beside the checkpoint
+    [ -z "$(ls -d "$TMP"/b.tmp.* 2> /dev/null)" ]
+}
+
+@test "train: --resume may extend the run but refuses other changes" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --steps 4 --out "$TMP/r" > /dev/null
+    run train --resume --out "$TMP/r" --lr 0.5
+    assert_status 64
+    assert_output_contains "--lr differs from the run being resumed"
+    run train --resume --out "$TMP/r" --steps 2
+    assert_status 64
+    [ "$(jq .step "$TMP/r/trainer_state.json")" -eq 4 ]
+    train --resume --out "$TMP/r" --steps 6 > "$TMP/r.mpk"
+    [ "$(fields "$TMP/r.mpk" train_step step | tr '\n' ' ')" = "5 6 " ]
+    [ "$(fields "$TMP/r.mpk" train_start start_step)" -eq 4 ]
+    run train --resume --out "$TMP/nothing" --steps 6
+    assert_status 66
+    assert_one_error_line train
+}
+
+@test "train: an upcycled MoE starts at its dense parent's loss and reports expert load" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --steps 10 --out "$TMP/dense" > /dev/null
+    upcycle --experts 4 --top-k 2 "$TMP/dense" "$TMP/moe0" > /dev/null 2>&1
+    local args="--data $D/shards/train --batch 4 --seq-len 32 --steps 3 --lr 1e-3 --seed 7"
+    # shellcheck disable=SC2086
+    train --from "$TMP/dense" $args --out "$TMP/cpt" > "$TMP/cpt.mpk"
+    # shellcheck disable=SC2086
+    train --from "$TMP/moe0" $args --out "$TMP/moe" > "$TMP/moe.mpk"
+    # step 1 sees the same batch: the MoE's cross-entropy is the dense one's
+    awk -v a="$(fields "$TMP/cpt.mpk" train_step ce | head -1)" -v b="$(fields "$TMP/moe.mpk" train_step ce | head -1)" \
+        'BEGIN { d = (a - b) / a; exit !(d < 1e-5 && d > -1e-5) }'
+    # the load-balancing loss of a fresh router is near its minimum of 1 (HF scale: k)
+    fields "$TMP/moe.mpk" train_step lb_loss | head -1 | awk '{ exit !($1 > 1.5 && $1 < 2.5) }'
+    # expert load: per layer, the token slots (4 * 32 tokens x top-2) over 4 experts
+    run sh -c "records json < '$TMP/moe.mpk' | jq -c 'select(.event==\"train_step\") | [.expert_load[] | add]' | sort -u"
+    [ "$output" = "[256,256]" ]
+    [ "$(records json < "$TMP/moe.mpk" | jq -c 'select(.event=="train_step") | .expert_load[0] | length' | sort -u)" = 4 ]
+    grep -q '"num_local_experts": 4' "$TMP/moe/config.json"
+}
+
+@test "train: data or tokenizer that do not fit the model are refused, nothing written" {
+    sed 's/"vocab_size": 512/"vocab_size": 300/' "$D/tiny.json" > "$TMP/small.json"
+    run train --init "$TMP/small.json" --data "$D/shards/train" --seq-len 32 --steps 2 --out "$TMP/o"
+    assert_status 65
+    assert_one_error_line train
+    assert_output_contains "exceeds the model's vocab_size 300"
+    tokenize train --vocab-size 300 -o "$TMP/other.json" /usr/share/games/fortunes/science
+    run train --init "$D/tiny.json" --data "$D/shards/train" --tokenizer "$TMP/other.json" --seq-len 32 --steps 2 --out "$TMP/o"
+    assert_status 65
+    assert_output_contains "differs from the one that made"
+    echo '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}' > "$TMP/gpt2.json"
+    run train --init "$TMP/gpt2.json" --data "$D/shards/train" --steps 2 --out "$TMP/o"
+    assert_status 65
+    assert_one_error_line train
+    run train --init "$D/tiny.json" --data "$TMP/none" --steps 2 --out "$TMP/o"
+    assert_status 66
+    [ ! -e "$TMP/o" ]
+    [ -z "$(ls "$TMP" | grep tmp)" ]
+}
+
+@test "train: an existing --out is kept unless --force; a diverging run keeps the last save" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --steps 2 --out "$TMP/o" > /dev/null
+    cp -r "$TMP/o" "$TMP/before"
+    # shellcheck disable=SC2086
+    run train --init "$D/tiny.json" $BASE --steps 2 --out "$TMP/o"
+    assert_status 73
+    assert_one_error_line train
+    # a learning rate that overflows the weights: NaN, exit 70, the checkpoint untouched
+    # shellcheck disable=SC2086
+    run train --resume --out "$TMP/o" --steps 40 --save-every 1000 --lr 1e30
+    assert_status 64
+    # shellcheck disable=SC2086
+    run train --from "$TMP/o" --data "$D/shards/train" --seq-len 32 --clip 0 --lr 1e30 --steps 40 --force --out "$TMP/o"
+    assert_status 70
+    assert_output_contains "diverged"
+    diff -r "$TMP/before" "$TMP/o"
+}
+
+@test "train: a full disk fails with EX_IOERR and keeps the previous checkpoint" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --steps 2 --out "$TMP/o" > /dev/null
+    cp -r "$TMP/o" "$TMP/before"
+    run sh -c "ulimit -f 64; exec train --resume --steps 4 --out '$TMP/o' > /dev/null"
+    assert_status 74
+    assert_one_error_line train
+    diff -r "$TMP/before" "$TMP/o"
+    [ -z "$(ls -d "$TMP"/o.tmp.* 2> /dev/null)" ]
+    run sh -c "exec train --resume --steps 4 --out '$TMP/o' > /dev/full"
+    assert_status 74
+    diff -r "$TMP/before" "$TMP/o"
+}
