@@ -243,4 +243,12 @@ struct upc_kernels {
 /* The CPU backend: OpenBLAS SGEMM, OpenMP elsewhere, fp32. Never NULL. */
 const upc_kernels *kernels_cpu(void);
 
+/* Call first thing in main() of a tool that runs the CPU backend: unless
+ * the user set OMP_WAIT_POLICY, it re-executes the program with it set to
+ * PASSIVE. OpenBLAS (pthreads build) and OpenMP keep separate thread pools;
+ * with OpenMP's default spinning, its idle threads take the cores from
+ * OpenBLAS's workers between kernels, which halves the training step's
+ * speed on two cores (bench/train: 48 -> 98 GFLOP/s). */
+void kernels_cpu_prepare_process(char **argv);
+
 #endif

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void upc_optim_params_at(upc_optim_params *p, long long step)
 {
@@ -106,4 +107,14 @@ static const upc_kernels cpu_table = {
 const upc_kernels *kernels_cpu(void)
 {
     return &cpu_table;
+}
+
+void kernels_cpu_prepare_process(char **argv)
+{
+    if (getenv("OMP_WAIT_POLICY"))
+        return;
+    /* libgomp reads its settings when it loads, before main: only a fresh
+     * image of the program sees the variable. On failure, run as we are. */
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0)
+        execv("/proc/self/exe", argv);
 }

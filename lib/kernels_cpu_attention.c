@@ -1,28 +1,20 @@
 /* kernels_cpu_attention.c: causal self-attention with grouped KV heads on the
- * CPU. Exact two-pass softmax per query row (scores kept in a row buffer);
- * forward parallel over (batch, query head), backward over (batch, KV head)
- * so each thread owns the dk/dv it accumulates: no races, fixed order. */
+ * CPU, as blocks of SGEMM: for each (batch, query head) and each block of
+ * query rows [t0, t1), the scores against keys [0, t1) are one product, the
+ * causal softmax runs row by row (exact, two passes, sums in double), and
+ * the output is a second product; the backward recomputes the scores from
+ * the saved logsumexp and uses four products. The block stops at t1, so
+ * about half of the masked upper triangle is never computed. OpenBLAS
+ * threads each product, OpenMP the row-wise softmax; neither splits a sum,
+ * so the bits do not depend on the thread count. */
 #include "kernels_cpu.h"
 #include "kernels_math.h"
 
+#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
-static float dot(const float *a, const float *b, int n)
-{
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
-static void axpy_row(float *y, const float *x, float a, int n)
-{
-#pragma omp simd
-    for (int i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
+enum { ROWS = 128 };   /* query rows per block */
 
 static void check_shape(const char *kernel, int B, int T, int Hq, int Hkv, int hd)
 {
@@ -30,49 +22,57 @@ static void check_shape(const char *kernel, int B, int T, int Hq, int Hkv, int h
     CPU_REQUIRE(Hq % Hkv == 0, kernel, "query heads not a multiple of KV heads");
 }
 
+/* C[m][n] = alpha op(A) op(B) + beta C, row-major, plain BLAS. */
+static void mm(int ta, int tb, int m, int n, int k, float alpha, const float *A, size_t lda,
+               const float *B, size_t ldb, float beta, float *C, size_t ldc)
+{
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k,
+                alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
 void cpu_attention_fwd(const upc_kernels *K, const float *q, const float *k,
                        const float *v, float *out, float *lse, int B, int T,
                        int Hq, int Hkv, int hd)
 {
     check_shape("attention_fwd", B, T, Hq, Hkv, hd);
+    if (B == 0 || T == 0)
+        return;
     const int group = Hq / Hkv;
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t qs = (size_t)Hq * hd, ks = (size_t)Hkv * hd; /* token strides */
-#pragma omp parallel
-    {
-        float *s = upc_malloc(((size_t)T + 1) * sizeof(float));
-        float *acc = upc_malloc((size_t)hd * sizeof(float));
-#pragma omp for schedule(static) collapse(2)
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < Hq; h++) {
-                const int hk = h / group;
-                const float *kb = k + (size_t)b * T * ks + (size_t)hk * hd;
-                const float *vb = v + (size_t)b * T * ks + (size_t)hk * hd;
-                for (int t = 0; t < T; t++) {
-                    const float *qt = q + ((size_t)b * T + t) * qs + (size_t)h * hd;
+    float *S = upc_malloc((size_t)ROWS * T * sizeof(float));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < Hq; h++) {
+            const float *kb = k + (size_t)b * T * ks + (size_t)(h / group) * hd;
+            const float *vb = v + (size_t)b * T * ks + (size_t)(h / group) * hd;
+            for (int t0 = 0; t0 < T; t0 += ROWS) {
+                int t1 = t0 + ROWS < T ? t0 + ROWS : T, rows = t1 - t0;
+                const float *qb = q + ((size_t)b * T + t0) * qs + (size_t)h * hd;
+                float *ob = out + ((size_t)b * T + t0) * qs + (size_t)h * hd;
+                float *lb = lse + ((size_t)b * Hq + h) * T + t0;
+                mm(0, 1, rows, t1, hd, scale, qb, qs, kb, ks, 0.0f, S, (size_t)t1);
+#pragma omp parallel for schedule(static)
+                for (int r = 0; r < rows; r++) {
+                    float *s = S + (size_t)r * t1;
+                    int last = t0 + r;   /* keys 0..last are visible */
                     float m = -INFINITY;
-                    for (int j = 0; j <= t; j++) {
-                        s[j] = dot(qt, kb + (size_t)j * ks, hd) * scale;
-                        if (s[j] > m)
-                            m = s[j];
-                    }
+                    for (int j = 0; j <= last; j++)
+                        m = s[j] > m ? s[j] : m;
                     double l = 0.0;
-                    memset(acc, 0, (size_t)hd * sizeof(float));
-                    for (int j = 0; j <= t; j++) {
-                        float p = expf(s[j] - m);
-                        l += p;
-                        axpy_row(acc, vb + (size_t)j * ks, p, hd);
+                    for (int j = 0; j <= last; j++) {
+                        s[j] = expf(s[j] - m);
+                        l += s[j];
                     }
                     float inv = (float)(1.0 / l);
-                    float *ot = out + ((size_t)b * T + t) * qs + (size_t)h * hd;
-                    for (int i = 0; i < hd; i++)
-                        ot[i] = acc[i] * inv;
-                    lse[((size_t)b * Hq + h) * T + t] = m + (float)log(l);
+                    for (int j = 0; j <= last; j++)
+                        s[j] *= inv;
+                    memset(s + last + 1, 0, (size_t)(t1 - last - 1) * sizeof(float));
+                    lb[r] = m + (float)log(l);
                 }
+                mm(0, 0, rows, hd, t1, 1.0f, S, (size_t)t1, vb, ks, 0.0f, ob, qs);
             }
-        free(acc);
-        free(s);
-    }
+        }
+    free(S);
 }
 
 void cpu_attention_bwd(const upc_kernels *K, const float *q, const float *k,
@@ -81,43 +81,52 @@ void cpu_attention_bwd(const upc_kernels *K, const float *q, const float *k,
                        int B, int T, int Hq, int Hkv, int hd)
 {
     check_shape("attention_bwd", B, T, Hq, Hkv, hd);
+    if (B == 0 || T == 0)
+        return;
     const int group = Hq / Hkv;
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t qs = (size_t)Hq * hd, ks = (size_t)Hkv * hd;
-#pragma omp parallel
-    {
-        float *ds = upc_malloc(((size_t)T + 1) * sizeof(float));
-#pragma omp for schedule(static) collapse(2)
-        for (int b = 0; b < B; b++)
-            for (int hk = 0; hk < Hkv; hk++) {
-                const float *kb = k + (size_t)b * T * ks + (size_t)hk * hd;
-                const float *vb = v + (size_t)b * T * ks + (size_t)hk * hd;
-                float *dkb = dk + (size_t)b * T * ks + (size_t)hk * hd;
-                float *dvb = dv + (size_t)b * T * ks + (size_t)hk * hd;
-                for (int j = 0; j < T; j++) {
-                    memset(dkb + (size_t)j * ks, 0, (size_t)hd * sizeof(float));
-                    memset(dvb + (size_t)j * ks, 0, (size_t)hd * sizeof(float));
-                }
-                for (int h = hk * group; h < (hk + 1) * group; h++)
-                    for (int t = 0; t < T; t++) {
-                        size_t row = ((size_t)b * T + t) * qs + (size_t)h * hd;
-                        const float *qt = q + row, *dot_ = dout + row;
-                        float *dqt = dq + row;
-                        float L = lse[((size_t)b * Hq + h) * T + t];
-                        float D = dot(dot_, out + row, hd);
-                        for (int j = 0; j <= t; j++) {
-                            float p = expf(dot(qt, kb + (size_t)j * ks, hd) * scale - L);
-                            float dp = dot(dot_, vb + (size_t)j * ks, hd);
-                            ds[j] = p * (dp - D) * scale;
-                            axpy_row(dvb + (size_t)j * ks, dot_, p, hd);
-                        }
-                        memset(dqt, 0, (size_t)hd * sizeof(float));
-                        for (int j = 0; j <= t; j++) {
-                            axpy_row(dqt, kb + (size_t)j * ks, ds[j], hd);
-                            axpy_row(dkb + (size_t)j * ks, qt, ds[j], hd);
-                        }
-                    }
+    float *P = upc_malloc((size_t)ROWS * T * sizeof(float));
+    float *dS = upc_malloc((size_t)ROWS * T * sizeof(float));
+    for (int b = 0; b < B; b++)
+        for (int hk = 0; hk < Hkv; hk++)
+            for (int j = 0; j < T; j++) {
+                memset(dk + ((size_t)b * T + j) * ks + (size_t)hk * hd, 0, (size_t)hd * sizeof(float));
+                memset(dv + ((size_t)b * T + j) * ks + (size_t)hk * hd, 0, (size_t)hd * sizeof(float));
             }
-        free(ds);
-    }
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < Hq; h++) {
+            size_t kv_off = (size_t)b * T * ks + (size_t)(h / group) * hd;
+            const float *kb = k + kv_off, *vb = v + kv_off;
+            float *dkb = dk + kv_off, *dvb = dv + kv_off;
+            for (int t0 = 0; t0 < T; t0 += ROWS) {
+                int t1 = t0 + ROWS < T ? t0 + ROWS : T, rows = t1 - t0;
+                size_t row0 = ((size_t)b * T + t0) * qs + (size_t)h * hd;
+                const float *qb = q + row0, *ob = out + row0, *dob = dout + row0;
+                const float *lb = lse + ((size_t)b * Hq + h) * T + t0;
+                mm(0, 1, rows, t1, hd, scale, qb, qs, kb, ks, 0.0f, P, (size_t)t1);
+                mm(0, 1, rows, t1, hd, 1.0f, dob, qs, vb, ks, 0.0f, dS, (size_t)t1);
+#pragma omp parallel for schedule(static)
+                for (int r = 0; r < rows; r++) {
+                    float *p = P + (size_t)r * t1, *ds = dS + (size_t)r * t1;
+                    const float *o = ob + (size_t)r * qs, *g = dob + (size_t)r * qs;
+                    float Dr = 0.0f;
+                    for (int i = 0; i < hd; i++)
+                        Dr += g[i] * o[i];
+                    int last = t0 + r;
+                    for (int j = 0; j <= last; j++) {
+                        p[j] = expf(p[j] - lb[r]);
+                        ds[j] = p[j] * (ds[j] - Dr) * scale;
+                    }
+                    size_t rest = (size_t)(t1 - last - 1) * sizeof(float);
+                    memset(p + last + 1, 0, rest);
+                    memset(ds + last + 1, 0, rest);
+                }
+                mm(0, 0, rows, hd, t1, 1.0f, dS, (size_t)t1, kb, ks, 0.0f, dq + row0, qs);
+                mm(1, 0, t1, hd, rows, 1.0f, dS, (size_t)t1, qb, qs, 1.0f, dkb, ks);
+                mm(1, 0, t1, hd, rows, 1.0f, P, (size_t)t1, dob, qs, 1.0f, dvb, ks);
+            }
+        }
+    free(dS);
+    free(P);
 }

@@ -147,6 +147,10 @@ void model_zero_grads(model *m);
  * on demand; the allocation is kept until the shape changes). */
 void model_reserve(model *m, int B, int T);
 
+/* Bytes of the workspace model_reserve sized last (activations kept for
+ * backward and backward scratch); 0 before any. */
+size_t model_activation_bytes(const model *m);
+
 /* Forward over ids [B][T] (host int32, in [0, vocab)). With targets (host
  * int32 [B][T], -1 = ignored) the loss is computed into *loss (may be NULL)
  * and the activations kept for model_backward; without, only the logits.

@@ -126,12 +126,18 @@ void model_reserve(model *m, int B, int T)
     carver c = {NULL, 0};
     plan_workspace(m, w, &c);
     w->arena = m->K->alloc(m->K, c.used);
+    w->arena_bytes = c.used;
     if (!w->arena)
         upc_fail(EX_OSERR, "model: out of %s memory for the activations of a %d x %d batch (%zu bytes)",
                  m->K->name, B, T, c.used);
     c = (carver){w->arena, 0};
     plan_workspace(m, w, &c);
     m->ws = w;
+}
+
+size_t model_activation_bytes(const model *m)
+{
+    return m->ws ? m->ws->arena_bytes : 0;
 }
 
 /* ---- forward --------------------------------------------------------------- */

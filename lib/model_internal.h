@@ -20,6 +20,7 @@ typedef struct {
 struct model_workspace {
     int B, T, N;
     void *arena;                                 /* one device allocation */
+    size_t arena_bytes;
     int32_t *ids, *targets;
     float **x;                                   /* L+1 residual streams [N][d] */
     ws_layer *layer;

@@ -206,7 +206,14 @@ losses() {
     [ "$(jq .step "$TMP/r/trainer_state.json")" -eq 4 ]
     train --resume --out "$TMP/r" --steps 6 > "$TMP/r.mpk"
     [ "$(fields "$TMP/r.mpk" train_step step | tr '\n' ' ')" = "5 6 " ]
+    # the decay ended at the first run's length: the extension trains at the floor
+    [ "$(fields "$TMP/r.mpk" train_step lr | sort -u)" = "0.001" ]
     [ "$(fields "$TMP/r.mpk" train_start start_step)" -eq 4 ]
+    # paths are stored resolved: a resume from another directory reads the same data
+    (cd "$D" && train --init tiny.json --data shards/train --batch 2 --seq-len 16 --steps 2 --out "$TMP/rel" > /dev/null)
+    (cd / && train --resume --out "$TMP/rel" --steps 3 > "$TMP/rel.mpk")
+    [ "$(fields "$TMP/rel.mpk" train_step step)" -eq 3 ]
+    [ "$(jq -r .settings.data "$TMP/rel/trainer_state.json")" = "$(cd "$D/shards/train" && pwd -P)" ]
     run train --resume --out "$TMP/nothing" --steps 6
     assert_status 66
     assert_one_error_line train
@@ -261,6 +268,13 @@ losses() {
     run train --init "$D/tiny.json" $BASE --steps 2 --out "$TMP/o"
     assert_status 73
     assert_one_error_line train
+    # --force never replaces a file, and says so before training
+    echo keep > "$TMP/file"
+    # shellcheck disable=SC2086
+    run train --init "$D/tiny.json" $BASE --steps 2 --force --out "$TMP/file"
+    assert_status 73
+    assert_one_error_line train
+    [ "$(cat "$TMP/file")" = keep ]
     # a learning rate that overflows the weights: NaN, exit 70, the checkpoint untouched
     # shellcheck disable=SC2086
     run train --resume --out "$TMP/o" --steps 40 --save-every 1000 --lr 1e30

@@ -34,8 +34,8 @@ static const char usage[] =
     "model.safetensors, tokenizer.json, optimizer.safetensors,\n"
     "trainer_state.json), replaced atomically at every save. stdout: a msgpack\n"
     "stream of train_start, train_step, eval and train_end records; stderr: a\n"
-    "progress line when it is a terminal. SIGINT or SIGTERM: finish the step,\n"
-    "save, exit 130 or 143.\n"
+    "progress line when it is a terminal. SIGINT, SIGTERM or SIGHUP: finish the\n"
+    "step, save, exit 128 + the signal number (130, 143, 129).\n"
     "\n"
     "model and data:\n"
     "  --init CONFIG        a config.json (e.g. configs/tiny.json); weights drawn with --seed\n"
@@ -64,6 +64,8 @@ static const char usage[] =
     "  --schedule NAME      cosine (default), linear or constant\n"
     "  --warmup N           linear warmup steps (default 0)\n"
     "  --min-lr-ratio X     floor of the decay as a fraction of --lr (default 0.1)\n"
+    "  --decay-steps N      step where the decay reaches the floor (default: the\n"
+    "                       run's length; a resumed run extended past it stays there)\n"
     "  --seed N             init and data-order seed (default 0)\n"
     "\n"
     "evaluation, saving, output:\n"
@@ -75,7 +77,7 @@ static const char usage[] =
     "  -h, --help           show this help\n"
     "  --version            show the version\n"
     "\n"
-    "Numbers take suffixes K, M, G (x1000 for --tokens, --steps). See train(1).\n";
+    "Counts take suffixes K, M, G (x1000). Paths are stored resolved. See train(1).\n";
 
 /* ---- options ---------------------------------------------------------------
  * One table drives parsing, the settings stored in trainer_state.json and the
@@ -83,7 +85,8 @@ static const char usage[] =
 
 typedef struct {
     const char *init, *from, *data, *val, *out, *tokenizer, *optimizer, *schedule, *device;
-    long long steps, tokens, batch, micro_batch, seq_len, warmup, seed, eval_every, eval_tokens, save_every, threads;
+    long long steps, tokens, batch, micro_batch, seq_len, warmup, decay_steps, seed, eval_every, eval_tokens, save_every,
+        threads;
     double lr, beta1, beta2, eps, weight_decay, clip, min_lr_ratio;
     bool resume, force;
 } options;
@@ -118,6 +121,7 @@ static const opt_spec specs[] = {
     {"--micro-batch", I(micro_batch, 1, 1 << 20), true, true},
     {"--seq-len", I(seq_len, 1, 1 << 24), true, false},
     {"--warmup", I(warmup, 0, 1e15), true, false},
+    {"--decay-steps", I(decay_steps, 1, 1e15), true, false},
     {"--seed", I(seed, 0, 9.2e18), true, false},
     {"--eval-every", I(eval_every, 0, 1e15), true, true},
     {"--eval-tokens", I(eval_tokens, 0, 1e18), true, true},
@@ -141,7 +145,7 @@ static void *field(options *o, const opt_spec *s)
     return (char *)o + s->off;
 }
 
-/* --steps and --tokens count in thousands; sizes in the rest are plain. */
+/* Counts take K, M, G suffixes (powers of 1000). */
 static long long parse_count(const char *opt, const char *s, long long lo, long long hi)
 {
     char buf[64];
@@ -158,6 +162,10 @@ static long long parse_count(const char *opt, const char *s, long long lo, long 
     }
     return upc_parse_int(opt, s, lo, hi);
 }
+
+/* realpath results, freed at exit */
+static char *resolved[NSPECS * 4];
+static size_t n_resolved;
 
 static void parse_args(int argc, char **argv, options *o, bool *given)
 {
@@ -183,7 +191,17 @@ static void parse_args(int argc, char **argv, options *o, bool *given)
             upc_usage_fail(k == NSPECS ? "unknown option or argument '%s'" : "%s needs a value", a);
         const opt_spec *s = &specs[k];
         const char *v = argv[++i];
-        if (s->type == OPT_STR)
+        if (s->type == OPT_STR && s->setting && strcmp(s->name, "--optimizer") && strcmp(s->name, "--schedule")) {
+            /* a path: stored resolved, so a resume from another directory
+             * reads the same files and compares like with like */
+            if (n_resolved == sizeof resolved / sizeof *resolved)
+                upc_usage_fail("%s: too many paths on the command line", a);
+            char *full = realpath(v, NULL);
+            if (!full)
+                upc_fail(EX_NOINPUT, "%s %s: %s", a, v, strerror(errno));
+            *(const char **)field(o, s) = full;
+            resolved[n_resolved++] = full;
+        } else if (s->type == OPT_STR)
             *(const char **)field(o, s) = v;
         else if (s->type == OPT_INT)
             *(long long *)field(o, s) = parse_count(a, v, (long long)s->lo, (long long)s->hi);
@@ -292,6 +310,7 @@ typedef struct {
     int32_t *ids, *targets;       /* host [micro][T] */
     int64_t *load;                /* [L][E] expert assignments this step */
     bool tty;
+    bool saved;                   /* the checkpoint in --out is this run's or its parent's */
 } run;
 
 static double now(void)
@@ -432,6 +451,7 @@ static void save_checkpoint(run *r)
     free(p);
     upc_fsync_dir(tmp);
     upc_publish_dir(tmp, out);
+    r->saved = true;
 }
 
 /* ids/targets of windows [first, first + n) of the batch; positions past a
@@ -612,9 +632,9 @@ static void train_step(run *r, long long step)
     double gnorm = optim_grad_norm(r->opt, m);
     if (!isfinite(sum.total) || !isfinite(gnorm))
         upc_fail(EX_SOFTWARE,
-                 "step %lld: the loss is %g and the gradient norm %g (diverged; lower --lr or add --warmup); "
-                 "%s keeps the last save",
-                 step, sum.total, gnorm, r->o.out);
+                 "step %lld: the loss is %g and the gradient norm %g (diverged; lower --lr or add --warmup); %s%s",
+                 step, sum.total, gnorm, r->saved ? r->o.out : "nothing was saved",
+                 r->saved ? " keeps the last save" : "");
     double lr = lr_at(&r->sched, step);
     double scale = r->o.clip > 0 && gnorm > r->o.clip ? r->o.clip / gnorm : 1.0;
     optim_step(r->opt, m, lr, scale);
@@ -636,6 +656,7 @@ static volatile sig_atomic_t stop_signal;
 
 int main(int argc, char **argv)
 {
+    kernels_cpu_prepare_process(argv);
     upc_init("train");
     run R = {0};
     options *o = &R.o;
@@ -672,8 +693,11 @@ int main(int argc, char **argv)
     } else {
         if ((o->init != NULL) + (o->from != NULL) != 1)
             upc_usage_fail("give one of --init CONFIG, --from CKPT or --resume");
-        if (exists(o->out) && !o->force)
+        struct stat st;
+        if (stat(o->out, &st) == 0 && !o->force)
             upc_fail(EX_CANTCREAT, "%s: already exists (--resume continues it, --force replaces it)", o->out);
+        if (stat(o->out, &st) == 0 && !S_ISDIR(st.st_mode))
+            upc_fail(EX_CANTCREAT, "%s: exists and is not a directory; not replacing it", o->out);
     }
     if (!o->data)
         upc_usage_fail("missing --data DIR");
@@ -709,8 +733,10 @@ int main(int argc, char **argv)
     if (o->resume && R.st.step > R.total_steps)
         upc_usage_fail("--resume: the run is already at step %lld, past the %lld steps asked for", R.st.step,
                        R.total_steps);
-    if (o->warmup > R.total_steps)
-        upc_usage_fail("--warmup %lld is longer than the run (%lld steps)", o->warmup, R.total_steps);
+    if (o->decay_steps == 0)
+        o->decay_steps = R.total_steps;
+    if (o->warmup > o->decay_steps)
+        upc_usage_fail("--warmup %lld is longer than the decay (%lld steps)", o->warmup, o->decay_steps);
     build_model(&R, given);
     check_data(&R, R.train, "training");
     const char *tok = o->tokenizer;
@@ -722,11 +748,14 @@ int main(int argc, char **argv)
         upc_fail(EX_NOINPUT, "%s: %s", tok, strerror(errno));
     }
     check_tokenizer(&R, tok, loader_index(R.train));
+    if (!R.tokenizer_json)
+        upc_warn("no tokenizer to store in %s (--tokenizer FILE adds one)", o->out);
+    R.saved = o->resume;
     if (o->val) {
         R.val = open_split(&R, o->val, true, (size_t)o->micro_batch);
         check_data(&R, R.val, "validation");
     }
-    R.sched = (lr_schedule){shape, o->lr, o->min_lr_ratio, o->warmup, R.total_steps};
+    R.sched = (lr_schedule){shape, o->lr, o->min_lr_ratio, o->warmup, o->decay_steps};
     R.flops_per_token = mc_train_flops_per_token(&R.cfg, o->seq_len);
     R.ids = upc_malloc((size_t)(o->micro_batch * o->seq_len) * sizeof *R.ids);
     R.targets = upc_malloc((size_t)(o->micro_batch * o->seq_len) * sizeof *R.targets);
@@ -778,5 +807,7 @@ int main(int argc, char **argv)
     mc_free(&R.cfg);
     train_state_free(&R.st);
     json_decref(stored);
+    for (size_t i = 0; i < n_resolved; i++)
+        free(resolved[i]);
     return signo ? 128 + signo : 0;
 }

@@ -333,6 +333,7 @@ static void test_attention(void)
     test_attention_shape(2, 7, 4, 2, 8);  /* GQA */
     test_attention_shape(1, 9, 3, 3, 6);  /* MHA */
     test_attention_shape(2, 5, 4, 1, 4);  /* MQA */
+    test_attention_shape(1, 150, 2, 1, 2); /* two query blocks, the second partial */
 }
 
 /* ---- SwiGLU ------------------------------------------------------------------ */
@@ -576,7 +577,7 @@ struct det_run {
 static void det_step(struct det_run *d, float *q, float *k, float *v, float *dout,
                      float *x, float *w, float *rstd, int32_t *ids)
 {
-    const int B = 2, T = 33, Hq = 4, Hkv = 2, hd = 16, rows = B * T, D = Hq * hd, V = 37;
+    const int B = 2, T = 160, Hq = 4, Hkv = 2, hd = 16, rows = B * T, D = Hq * hd, V = 37;
     K->attention_fwd(K, q, k, v, d->out, d->lse, B, T, Hq, Hkv, hd);
     K->attention_bwd(K, q, k, v, d->out, d->lse, dout, d->gq, d->gk, d->gv, B, T, Hq, Hkv, hd);
     K->rmsnorm_fwd(K, x, w, d->out, rstd, rows, D, 1e-6f);
@@ -587,12 +588,12 @@ static void det_step(struct det_run *d, float *q, float *k, float *v, float *dou
 
 static void test_determinism(void)
 {
-    const int B = 2, T = 33, Hq = 4, Hkv = 2, hd = 16, rows = B * T, D = Hq * hd, V = 37;
+    const int B = 2, T = 160, Hq = 4, Hkv = 2, hd = 16, rows = B * T, D = Hq * hd, V = 37;
     size_t nq = (size_t)rows * D, nk = (size_t)rows * Hkv * hd;
     float *q = dev_rand(nq, -1, 1), *k = dev_rand(nk, -1, 1), *v = dev_rand(nk, -1, 1);
     float *dout = dev_rand(nq, -1, 1), *x = dev_rand(nq, -1, 1), *w = dev_rand(D, 0, 2);
     float *rstd = dev_zeros(rows);
-    int32_t hid[66];
+    int32_t hid[2 * 160];
     for (int i = 0; i < rows; i++)
         hid[i] = (int32_t)(upc_splitmix64(&rng_state) % 5); /* many repeats */
     int32_t *ids = dev_ids(hid, rows);
