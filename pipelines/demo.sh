@@ -1,8 +1,12 @@
 #!/bin/sh
 # The demo on the built-in corpus: learn a tokenizer, encode, shard, verify,
-# and summarise. Later stages of the study (train, upcycle, evaluate,
-# serve-bench, report) join here as they land.
+# pretrain a tiny dense model, upcycle it to 4 experts (top-2), and train
+# the dense model (continued pretraining) and the MoE for the same number of
+# steps; summarise. Later stages of the study (evaluate, serve-bench, the
+# report with iso-FLOP budgets) join here as they land.
 #
+#   STEPS=N               dense pretraining steps (default 200, ~1 min)
+#   MORE=N                steps of each continuation (default 40)
 #   CORPUS="a.txt b.txt"  text files to use (default: Debian's fortunes)
 #   SPLIT=MODE            how files divide into documents (default separator=%)
 #   VOCAB=N               tokenizer vocabulary size (default 8192)
@@ -13,6 +17,9 @@ set -eu
 BIN=${BIN:-bin}
 OUT=${OUT:-demo-out}
 VOCAB=${VOCAB:-8192}
+STEPS=${STEPS:-200}
+MORE=${MORE:-40}
+CONFIG=${CONFIG:-$(dirname "$0")/../configs/tiny.json}
 FORTUNES=/usr/share/games/fortunes
 if [ -z "${CORPUS:-}" ]; then
     # Every fortune file: plain text, one quotation per %-separated record.
@@ -47,8 +54,36 @@ else
     exit 70
 fi
 
+TRAIN="--data $OUT/shards/train --val $OUT/shards/val --batch 8 --seq-len 128 --force"
+
+step "train: pretrain $CONFIG for $STEPS steps -> $OUT/dense"
+# shellcheck disable=SC2086  # TRAIN is a list of options
+train --init "$CONFIG" --tokenizer "$OUT/tokenizer.json" $TRAIN --steps "$STEPS" \
+    --lr 3e-3 --warmup 20 --eval-every 50 --out "$OUT/dense" > "$OUT/dense.train.mpk"
+
+step "upcycle: dense -> 4 experts, top-2 -> $OUT/moe0"
+upcycle --experts 4 --top-k 2 --force "$OUT/dense" "$OUT/moe0" > "$OUT/upcycle.mpk"
+
+step "train: continued pretraining (dense) and the upcycled MoE, $MORE steps each"
+# shellcheck disable=SC2086
+train --from "$OUT/dense" $TRAIN --steps "$MORE" --lr 3e-4 --warmup 4 --out "$OUT/cpt" > "$OUT/cpt.train.mpk"
+# shellcheck disable=SC2086
+train --from "$OUT/moe0" $TRAIN --steps "$MORE" --lr 3e-4 --warmup 4 --out "$OUT/moe" > "$OUT/moe.train.mpk"
+
 step "summary"
 shard stat "$OUT/shards" > "$OUT/shards.stat.mpk" 2>/dev/null
-records json "$OUT/shards.stat.mpk" > "$OUT/summary.json"
-if command -v jq >/dev/null 2>&1; then jq . "$OUT/summary.json"; else cat "$OUT/summary.json"; fi
-printf '\nresults in %s/: tokenizer.json, tokens.mpk, shards/, summary.json\n' "$OUT" >&2
+{
+    records json "$OUT/shards.stat.mpk"
+    for run in dense cpt moe; do
+        records json "$OUT/$run.train.mpk" |
+            jq -c --arg run "$run" '[., inputs] | {run: $run,
+                params: (.[0].params), active_params: (.[0].active_params),
+                steps: (map(select(.event == "train_step")) | length),
+                tokens_per_s: (map(select(.event == "train_step") | .tokens_per_s) | sort | .[length / 2 | floor]),
+                val_loss: (map(select(.event == "eval")) | last | .loss)}'
+    done
+} | jq -s '{shards: .[0], runs: .[1:]}' > "$OUT/summary.json"
+jq . "$OUT/summary.json"
+jq -r '.runs[] | "\(.run): \(.params) params (\(.active_params) active), \(.steps) steps, \(.tokens_per_s | floor) tok/s, val loss \(.val_loss)"' \
+    "$OUT/summary.json" >&2
+printf '\nresults in %s/: tokenizer.json, tokens.mpk, shards/, dense/, moe0/, cpt/, moe/, *.train.mpk, summary.json\n' "$OUT" >&2

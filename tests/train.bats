@@ -204,7 +204,13 @@ losses() {
     run train --resume --out "$TMP/r" --steps 2
     assert_status 64
     [ "$(jq .step "$TMP/r/trainer_state.json")" -eq 4 ]
+    # a save cut short by kill -9 (its process gone) is cleaned up; a live one is not
+    sleep 0 &
+    local dead=$!
+    wait $dead
+    mkdir -p "$TMP/r.tmp.$dead/x" "$TMP/r.tmp.$$"
     train --resume --out "$TMP/r" --steps 6 > "$TMP/r.mpk"
+    [ ! -e "$TMP/r.tmp.$dead" ] && [ -d "$TMP/r.tmp.$$" ]
     [ "$(fields "$TMP/r.mpk" train_step step | tr '\n' ' ')" = "5 6 " ]
     # the decay ended at the first run's length: the extension trains at the floor
     [ "$(fields "$TMP/r.mpk" train_step lr | sort -u)" = "0.001" ]

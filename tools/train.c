@@ -12,6 +12,8 @@
 #include "util.h"
 
 #include <errno.h>
+#include <glob.h>
+#include <signal.h>
 #include <limits.h>
 #include <math.h>
 #include <omp.h>
@@ -417,6 +419,26 @@ static void build_model(run *r, const bool *given)
     }
 }
 
+/* A run killed during a save (kill -9, power loss) leaves OUT.tmp.PID
+ * behind; remove those whose process is gone. */
+static void remove_stale_saves(const char *out)
+{
+    char pattern[PATH_MAX + 16];
+    snprintf(pattern, sizeof pattern, "%s.tmp.*", out);
+    glob_t g;
+    if (glob(pattern, GLOB_NOSORT, NULL, &g) != 0)
+        return;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        char *end;
+        long pid = strtol(g.gl_pathv[i] + strlen(out) + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        if (upc_rm_rf(g.gl_pathv[i]) == 0)
+            upc_warn("%s: removed the unfinished save of an interrupted run", g.gl_pathv[i]);
+    }
+    globfree(&g);
+}
+
 static void save_checkpoint(run *r)
 {
     const char *out = r->o.out;
@@ -701,6 +723,7 @@ int main(int argc, char **argv)
     }
     if (!o->data)
         upc_usage_fail("missing --data DIR");
+    remove_stale_saves(o->out);
     if ((o->steps > 0) + (o->tokens > 0) != 1)
         upc_usage_fail("give one of --steps N or --tokens N");
     if (!was_given(given, "--micro-batch"))
