@@ -198,6 +198,17 @@ struct upc_kernels {
                             const float *Ys, const int32_t *pos, const float *w,
                             int N, int kk, int d, float *dYs, float *dw);
 
+    /* ---- MoE capacity (capacity-factor routing) ------------------------
+     * Each expert keeps its first `capacity` assignments in (token, slot)
+     * order, the rows moe_dispatch put first in its group: a is kept when
+     * pos[a] - offs[topk_idx[a]] < capacity. Zeroes x[a] for every dropped
+     * a (x [N*kk]: a copy of the combine weights in the forward, their
+     * gradient in the backward) and, when dropped is not NULL, writes how
+     * many assignments were dropped to *dropped (device int32). */
+    void (*moe_capacity_drop)(const upc_kernels *K, const int32_t *topk_idx,
+                              const int32_t *pos, const int32_t *offs, int N, int kk,
+                              int capacity, float *x, int32_t *dropped);
+
     /* ---- MoE auxiliary losses (scalars into *loss, a device float) ------
      * Load balancing (Switch): alpha * E * sum_i f_i * P_i, f_i = the share
      * of the N*kk assignments that went to expert i (no gradient), P_i =

@@ -90,6 +90,7 @@ static const upc_kernels cpu_table = {
     .moe_gather_bwd = cpu_moe_gather_bwd,
     .moe_combine = cpu_moe_combine,
     .moe_combine_bwd = cpu_moe_combine_bwd,
+    .moe_capacity_drop = cpu_moe_capacity_drop,
     .moe_lb_loss_fwd = cpu_moe_lb_loss_fwd,
     .moe_lb_loss_bwd = cpu_moe_lb_loss_bwd,
     .moe_z_loss_fwd = cpu_moe_z_loss_fwd,

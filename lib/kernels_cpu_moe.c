@@ -129,6 +129,22 @@ void cpu_moe_dispatch(const upc_kernels *K, const int32_t *topk_idx, int N, int 
     free(cursor);
 }
 
+void cpu_moe_capacity_drop(const upc_kernels *K, const int32_t *topk_idx,
+                           const int32_t *pos, const int32_t *offs, int N, int kk,
+                           int capacity, float *x, int32_t *dropped)
+{
+    CPU_REQUIRE(N >= 0 && kk >= 1 && capacity >= 0, "moe_capacity_drop", "bad size");
+    size_t A = (size_t)N * kk;
+    int32_t n = 0;
+    for (size_t a = 0; a < A; a++)
+        if (pos[a] - offs[topk_idx[a]] >= capacity) {
+            x[a] = 0.0f;
+            n++;
+        }
+    if (dropped)
+        *dropped = n;
+}
+
 void cpu_moe_gather(const upc_kernels *K, const float *X, const int32_t *perm, int N,
                     int kk, int d, float *Xs)
 {

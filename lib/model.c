@@ -113,14 +113,12 @@ model *model_create(const upc_kernels *K, const model_config *cfg)
     const char *unsupported = mc_unsupported(cfg);
     if (unsupported)
         upc_fail(EX_DATAERR, "model: config not supported: %s", unsupported);
-    if (cfg->moe && cfg->capacity_factor > 0)
-        upc_fail(EX_DATAERR, "model: config not supported: upcyc.capacity_factor %g (only dropless routing is implemented)",
-                 cfg->capacity_factor);
     model *m = upc_calloc(1, sizeof *m);
     m->K = K;
     mc_copy(&m->cfg, cfg);
     const model_config *c = &m->cfg;
     m->L = as_int(c->num_hidden_layers, "num_hidden_layers");
+    m->capacity_factor = c->moe ? c->capacity_factor : 0.0;
     m->V = as_int(c->vocab_size, "vocab_size");
     m->d = as_int(c->hidden_size, "hidden_size");
     m->Hq = as_int(c->num_attention_heads, "num_attention_heads");
@@ -158,8 +156,10 @@ model *model_create(const upc_kernels *K, const model_config *cfg)
     plan_layout(m);
     for (int l = 0; l < m->L; l++)
         m->n_moe_layers += m->layers[l].moe;
-    if (m->n_moe_layers)
+    if (m->n_moe_layers) {
         m->expert_counts = upc_calloc((size_t)m->L * (size_t)m->E, sizeof *m->expert_counts);
+        m->dropped_counts = upc_calloc((size_t)m->L, sizeof *m->dropped_counts);
+    }
 
     size_t bytes = m->n_floats * sizeof(float);
     m->params = K->alloc(K, bytes);
@@ -180,6 +180,7 @@ void model_free(model *m)
     free(m->tensors);
     free(m->layers);
     free(m->expert_counts);
+    free(m->dropped_counts);
     mc_free(&m->cfg);
     free(m);
 }

@@ -16,9 +16,10 @@
  * (gate/w1, up/w3, down/w2), LM head tied to the embedding when
  * tie_word_embeddings. MoE: router linear -> softmax -> top-k (renormalised
  * unless norm_topk_prob is false) -> dropless dispatch -> grouped expert
- * GEMMs -> weighted combine. capacity_factor and router_jitter_noise are not
- * implemented (the model is dropless and jitter-free; model_create refuses a
- * capacity factor).
+ * GEMMs -> weighted combine. With upcyc.capacity_factor > 0 each expert
+ * keeps its first ceil(cf * N * k / E) assignments in token order and the
+ * rest are dropped (their combine weight is 0; counts in dropped_counts).
+ * router_jitter_noise is not implemented (train warns that it is ignored).
  *
  * Loss = ce + router_aux_loss_coef * lb + router_z_loss_coef * z, where
  *   ce: mean cross-entropy over targets != -1;
@@ -100,6 +101,10 @@ typedef struct model {
     /* After a forward: tokens routed to each expert, [L][E] host int32
      * (rows of dense layers zero; NULL for a model without MoE layers). */
     int32_t *expert_counts;
+    /* After a forward in capacity mode: assignments dropped per block, [L]
+     * host int32 (0 for dense blocks; NULL without MoE layers). */
+    int32_t *dropped_counts;
+    double capacity_factor;       /* 0: dropless */
 
     model_workspace *ws;          /* activations, sized for (B, T) */
 } model;
@@ -142,6 +147,10 @@ void model_set_param(model *m, const model_tensor *t, const float *host);
 void model_get_grad(const model *m, const model_tensor *t, float *host);
 
 void model_zero_grads(model *m);
+
+/* Capacity of each expert for a batch of N tokens in capacity mode:
+ * ceil(capacity_factor * N * k / E), at most N * k. */
+int model_expert_capacity(const model *m, int N);
 
 /* Size the workspace for batches of B x T tokens (model_forward does it
  * on demand; the allocation is kept until the shape changes). */

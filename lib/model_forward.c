@@ -58,6 +58,8 @@ static void plan_workspace(const model *m, model_workspace *w, carver *c)
         y->router_logits = CARVE_F(c, N * E);
         y->probs = CARVE_F(c, N * E);
         y->topk_w = CARVE_F(c, Nk);
+        y->kept_w = m->capacity_factor > 0 ? CARVE_F(c, Nk) : y->topk_w;
+        y->dropped = CARVE_I(c, 1);
         y->topk_idx = CARVE_I(c, Nk);
         y->counts = CARVE_I(c, E);
         y->offs = CARVE_I(c, E + 1);

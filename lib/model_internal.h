@@ -13,7 +13,8 @@ typedef struct {
     /* MoE FFN: router logits and probs [N][E], top-k [N][kk], dispatch,
      * expert-sorted rows [N*kk][...]. */
     float *router_logits, *probs, *topk_w;
-    int32_t *topk_idx, *counts, *offs, *perm, *pos;
+    float *kept_w;                               /* capacity mode: topk_w, dropped slots 0 */
+    int32_t *topk_idx, *counts, *offs, *perm, *pos, *dropped;
     float *xs, *gate_s, *up_s, *act_s, *ys;
 } ws_layer;
 

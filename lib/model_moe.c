@@ -1,13 +1,27 @@
 /* model_moe.c: the Mixtral MoE FFN of one block, forward and backward:
  * router linear -> softmax -> top-k -> dropless dispatch (rows sorted by
  * expert) -> grouped expert GEMMs (w1 gate, w3 up, w2 down) -> weighted
- * combine; and the router's auxiliary losses. */
+ * combine; and the router's auxiliary losses.
+ *
+ * Capacity mode (upcyc.capacity_factor > 0): the combine weights of the
+ * assignments past each expert's capacity are zeroed after routing (the
+ * top-k weights are renormalised before, as in GShard and Switch), so a
+ * dropped token slot adds nothing and passes no gradient; the expert GEMMs
+ * still run over every row, so the FLOPs are those of dropless routing. */
 #include "model.h"
 #include "model_internal.h"
 #include "util.h"
 
+#include <math.h>
+
 #define P(m, off) ((m)->params + (off))
 #define G(m, off) ((m)->grads + (off))
+
+int model_expert_capacity(const model *m, int N)
+{
+    double c = ceil(m->capacity_factor * (double)N * m->kk / m->E);
+    return c > (double)N * m->kk ? N * m->kk : (int)c;
+}
 
 void model_moe_forward(model *m, int l, const float *x_mid, float *x_out)
 {
@@ -20,13 +34,19 @@ void model_moe_forward(model *m, int l, const float *x_mid, float *x_out)
     K->router_fwd(K, y->router_logits, y->probs, y->topk_idx, y->topk_w, N, E, kk, m->renorm);
     K->moe_dispatch(K, y->topk_idx, N, kk, E, y->counts, y->offs, y->perm, y->pos);
     K->download(K, m->expert_counts + (size_t)l * E, y->counts, (size_t)E * sizeof(int32_t));
+    if (m->capacity_factor > 0) {
+        K->copy(K, y->kept_w, y->topk_w, (size_t)Nk * sizeof(float));
+        K->moe_capacity_drop(K, y->topk_idx, y->pos, y->offs, N, kk, model_expert_capacity(m, N), y->kept_w,
+                             y->dropped);
+        K->download(K, m->dropped_counts + l, y->dropped, sizeof(int32_t));
+    }
     K->moe_gather(K, y->h2, y->perm, N, kk, d, y->xs);
     K->grouped_gemm_fwd(K, E, y->offs, F, d, y->xs, P(m, ly->w1), 0.0f, y->gate_s);
     K->grouped_gemm_fwd(K, E, y->offs, F, d, y->xs, P(m, ly->w3), 0.0f, y->up_s);
     K->swiglu_fwd(K, y->gate_s, y->up_s, y->act_s, (size_t)Nk * F);
     K->grouped_gemm_fwd(K, E, y->offs, d, F, y->act_s, P(m, ly->w2), 0.0f, y->ys);
     K->copy(K, x_out, x_mid, (size_t)N * d * sizeof(float));
-    K->moe_combine(K, y->ys, y->pos, y->topk_w, N, kk, d, 1.0f, x_out);
+    K->moe_combine(K, y->ys, y->pos, y->kept_w, N, kk, d, 1.0f, x_out);
 }
 
 /* lb with alpha = kk: kernels.h's Switch f_i is count_i/(N*kk); HF Mixtral
@@ -54,7 +74,11 @@ void model_moe_backward(model *m, int l, const float *dres, float aux_scale, flo
     int Nk = N * kk;
     float *dact = w->df1, *dgate = w->df2, *dup = w->df3;
 
-    K->moe_combine_bwd(K, dres, y->ys, y->pos, y->topk_w, N, kk, d, w->dys, w->dtopk_w);
+    K->moe_combine_bwd(K, dres, y->ys, y->pos, y->kept_w, N, kk, d, w->dys, w->dtopk_w);
+    /* a dropped slot's weight is a constant 0: no gradient reaches the router */
+    if (m->capacity_factor > 0)
+        K->moe_capacity_drop(K, y->topk_idx, y->pos, y->offs, N, kk, model_expert_capacity(m, N), w->dtopk_w,
+                             NULL);
     K->grouped_gemm_dx(K, E, y->offs, d, F, w->dys, P(m, ly->w2), 0.0f, dact);
     K->grouped_gemm_dw(K, E, y->offs, d, F, w->dys, y->act_s, 1.0f, G(m, ly->w2));
     K->swiglu_bwd(K, y->gate_s, y->up_s, dact, dgate, dup, (size_t)Nk * F);

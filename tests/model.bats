@@ -16,6 +16,7 @@ require_unit() {
     assert_status 0
     assert_output_contains "test_model: all checks passed"
     assert_output_contains "gradcheck moe E4 k2 aux losses only"
+    assert_output_contains "gradcheck moe E4 k2 capacity 0.5"
     assert_output_contains "golden: tiny dense loss at seed 1234"
     assert_output_contains "digest: loss"
 }

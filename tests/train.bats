@@ -244,6 +244,16 @@ losses() {
     [ "$output" = "[256,256]" ]
     [ "$(records json < "$TMP/moe.mpk" | jq -c 'select(.event=="train_step") | .expert_load[0] | length' | sort -u)" = 4 ]
     grep -q '"num_local_experts": 4' "$TMP/moe/config.json"
+    # capacity mode (upcyc.capacity_factor): dropped slots are counted per layer
+    jq '.upcyc.capacity_factor = 0.5' "$TMP/moe0/config.json" > "$TMP/c.json"
+    mv "$TMP/c.json" "$TMP/moe0/config.json"
+    # shellcheck disable=SC2086
+    train --from "$TMP/moe0" $args --out "$TMP/cap" > "$TMP/cap.mpk"
+    # capacity ceil(0.5 * 128 * 2 / 4) = 32 of each expert's slots: at least 256 - 4 * 32 dropped
+    run sh -c "records json < '$TMP/cap.mpk' | jq -c 'select(.event==\"train_step\") | .dropped | map(. >= 128 and . < 256) | all' | sort -u"
+    [ "$output" = true ]
+    # no drops recorded without a capacity factor
+    [ "$(records json < "$TMP/moe.mpk" | jq -c 'select(.event=="train_step") | has("dropped")' | sort -u)" = false ]
 }
 
 @test "train: data or tokenizer that do not fit the model are refused, nothing written" {

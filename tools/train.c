@@ -311,6 +311,7 @@ typedef struct {
     train_state st;               /* step, tokens, elapsed: the run so far */
     int32_t *ids, *targets;       /* host [micro][T] */
     int64_t *load;                /* [L][E] expert assignments this step */
+    int64_t *dropped;             /* [L] assignments past capacity this step */
     bool tty;
     bool saved;                   /* the checkpoint in --out is this run's or its parent's */
 } run;
@@ -381,6 +382,9 @@ static void build_model(run *r, const bool *given)
     if (r->cfg.max_position_embeddings > 0 && o->seq_len > r->cfg.max_position_embeddings)
         upc_usage_fail("--seq-len %lld exceeds the model's max_position_embeddings %lld", o->seq_len,
                        (long long)r->cfg.max_position_embeddings);
+    if (r->cfg.moe && r->cfg.router_jitter_noise > 0)
+        upc_warn("%s: router_jitter_noise %g is not implemented; training without jitter", src,
+                 r->cfg.router_jitter_noise);
     r->m = model_create(kernels_cpu(), &r->cfg);
     if (o->init && !o->resume) {
         model_init_weights(r->m, (uint64_t)o->seed);
@@ -578,8 +582,8 @@ static void pack_start(run *r)
 static void pack_step(run *r, const model_loss *l, double gnorm, double lr, double wall, long long step_tokens)
 {
     msgpack_packer *pk = &r->rec.pk;
-    bool moe = r->m->n_moe_layers > 0;
-    msgpack_pack_map(pk, 12 + moe);
+    bool moe = r->m->n_moe_layers > 0, capacity = moe && r->m->capacity_factor > 0;
+    msgpack_pack_map(pk, 12 + moe + capacity);
     mpk_pack_key_str(pk, "event", "train_step");
     mpk_pack_key_int(pk, "step", r->st.step);
     mpk_pack_key_int(pk, "tokens", r->st.tokens);
@@ -602,6 +606,13 @@ static void pack_step(run *r, const model_loss *l, double gnorm, double lr, doub
             for (int e = 0; e < r->m->E; e++)
                 msgpack_pack_int64(pk, r->load[(size_t)li * r->m->E + e]);
         }
+    }
+    if (capacity) {
+        mpk_pack_cstr(pk, "dropped");
+        msgpack_pack_array(pk, (size_t)r->m->n_moe_layers);
+        for (int li = 0; li < r->m->L; li++)
+            if (r->m->layers[li].moe)
+                msgpack_pack_int64(pk, r->dropped[li]);
     }
     mpk_writer_emit(&r->rec);
 }
@@ -633,8 +644,10 @@ static void train_step(run *r, long long step)
     size_t accum = (size_t)r->o.batch / mb;
     model_loss sum = {0};
     long long step_tokens = 0;
-    if (r->load)
+    if (r->load) {
         memset(r->load, 0, (size_t)m->L * m->E * sizeof *r->load);
+        memset(r->dropped, 0, (size_t)m->L * sizeof *r->dropped);
+    }
     model_zero_grads(m);
     for (size_t a = 0; a < accum; a++) {
         step_tokens += fill_micro(r, b, a * mb, mb);
@@ -647,9 +660,12 @@ static void train_step(run *r, long long step)
         sum.ce += l.ce / (double)accum;
         sum.lb += l.lb / (double)accum;
         sum.z += l.z / (double)accum;
-        if (r->load)
+        if (r->load) {
             for (size_t i = 0; i < (size_t)m->L * m->E; i++)
                 r->load[i] += m->expert_counts[i];
+            for (int li = 0; li < m->L; li++)
+                r->dropped[li] += m->capacity_factor > 0 ? m->dropped_counts[li] : 0;
+        }
     }
     double gnorm = optim_grad_norm(r->opt, m);
     if (!isfinite(sum.total) || !isfinite(gnorm))
@@ -782,8 +798,10 @@ int main(int argc, char **argv)
     R.flops_per_token = mc_train_flops_per_token(&R.cfg, o->seq_len);
     R.ids = upc_malloc((size_t)(o->micro_batch * o->seq_len) * sizeof *R.ids);
     R.targets = upc_malloc((size_t)(o->micro_batch * o->seq_len) * sizeof *R.targets);
-    if (R.m->n_moe_layers)
+    if (R.m->n_moe_layers) {
         R.load = upc_calloc((size_t)R.m->L * R.m->E, sizeof *R.load);
+        R.dropped = upc_calloc((size_t)R.m->L, sizeof *R.dropped);
+    }
     if (o->resume)
         loader_cursor_load(R.train, R.st.cursor, R.st.cursor_len);
     R.st.settings = settings_to_json(o, given);
@@ -821,6 +839,7 @@ int main(int argc, char **argv)
     free(R.ids);
     free(R.targets);
     free(R.load);
+    free(R.dropped);
     free(R.tokenizer_json);
     if (R.val)
         loader_close(R.val);

@@ -158,6 +158,29 @@ static void test_dispatch(void)
     for (int e = 0; e < HE; e++)
         for (int s = o[e]; s < o[e + 1]; s++)
             CHECK_MSG(hand_idx[pm[s]] == e, "moe_dispatch row %d is not expert %d's", s, e);
+
+    /* capacity: each expert keeps its first `cap` assignments in index
+     * (token, slot) order, counted here without the dispatch */
+    for (int cap = 0; cap <= 4; cap++) {
+        float ones[N * KK], *x;
+        for (int a = 0; a < N * KK; a++)
+            ones[a] = 1.0f;
+        x = dev_from(ones, N * KK);
+        int32_t *dropped = K->alloc(K, 4), seen[HE] = {0}, want_dropped = 0, got_dropped;
+        K->moe_capacity_drop(K, idx, pos, offs, N, KK, cap, x, dropped);
+        float *h = host_of(x, N * KK);
+        K->download(K, &got_dropped, dropped, 4);
+        int right = 1;
+        for (int a = 0; a < N * KK; a++) {
+            int keep = seen[hand_idx[a]]++ < cap;
+            want_dropped += !keep;
+            right &= h[a] == (keep ? 1.0f : 0.0f);
+        }
+        CHECK_MSG(right && got_dropped == want_dropped, "moe_capacity_drop capacity %d: %d dropped, expected %d%s",
+                  cap, got_dropped, want_dropped, right ? "" : "; wrong slots zeroed");
+        free(h);
+        K->free(K, x), K->free(K, dropped);
+    }
     free(c), free(o), free(pm), free(ps);
 
     /* gather: Xs[s] = X[perm[s]/k]; round trip through pos gives X back */
