@@ -19,7 +19,7 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 
 ALL_CFLAGS  = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -pthread -Ilib $(CFLAGS)
-LDLIBS      = -lmsgpackc -lzstd -lpcre2-8 -ljansson -lxxhash -lopenblas -lm
+LDLIBS      = -lmsgpackc -lzstd -lpcre2-8 -ljansson -lyaml -lxxhash -lopenblas -lm
 ALL_LDFLAGS = -fopenmp -pthread $(LDFLAGS)
 
 LIB_SRC   := $(wildcard lib/*.c)
