@@ -169,6 +169,8 @@ void model_forward(model *m, const int32_t *ids, const int32_t *targets, int B, 
 /* Logits of the last forward, host [B*T][V]; valid until model_backward
  * (which reuses their memory). */
 void model_get_logits(const model *m, float *host);
+/* Rows [row0, row0 + nrows) of them (row b*T + t), host [nrows][V]. */
+void model_get_logits_rows(const model *m, size_t row0, size_t nrows, float *host);
 /* The experts chosen for each token by MoE block `layer` in the last
  * forward: host int32 [B*T][k], by descending router probability. */
 void model_get_routing(const model *m, int layer, int32_t *host);

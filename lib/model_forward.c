@@ -252,6 +252,14 @@ void model_get_logits(const model *m, float *host)
     m->K->download(m->K, host, m->ws->logits, (size_t)m->ws->N * m->V * sizeof(float));
 }
 
+void model_get_logits_rows(const model *m, size_t row0, size_t nrows, float *host)
+{
+    if (!m->ws || row0 + nrows > (size_t)m->ws->N)
+        upc_fail(EX_SOFTWARE, "model: logits rows %zu..%zu asked for, the last forward had %d", row0, row0 + nrows,
+                 m->ws ? m->ws->N : 0);
+    m->K->download(m->K, host, m->ws->logits + row0 * m->V, nrows * m->V * sizeof(float));
+}
+
 void model_get_routing(const model *m, int layer, int32_t *host)
 {
     if (!m->ws || layer < 0 || layer >= m->L || !m->layers[layer].moe)

@@ -1,6 +1,7 @@
 /* shard: split a token stream into train/val shard directories of zstd
  * frames, and read them back (cat), summarize (stat) and check (verify). */
 #include "shard.h"
+#include "shard_docs.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -152,117 +153,24 @@ static int cmd_write(int argc, char **argv)
     return 0;
 }
 
-/* ---------- reading a split document by document ---------- */
-
-typedef struct {
-    shard_index ix;
-    shard_docrec *docs;
-    size_t doc;                 /* next document */
-    shard_decoder d;
-    uint32_t *chunk;
-    size_t next_chunk, cur_chunk, chunk_n, chunk_off;
-    bool check_hash;            /* verify: xxh64 of every chunk */
-} split_reader;
-
-static void sr_open(split_reader *s, const char *dir, bool check_hash)
-{
-    memset(s, 0, sizeof *s);
-    shard_index_open(&s->ix, dir);
-    s->docs = shard_read_docs(&s->ix);
-    shard_decoder_init(&s->d);
-    s->chunk = upc_malloc(s->ix.chunk_tokens * sizeof *s->chunk);
-    s->check_hash = check_hash;
-}
-
-static void sr_close(split_reader *s)
-{
-    shard_decoder_free(&s->d);
-    free(s->chunk);
-    free(s->docs);
-    shard_index_close(&s->ix);
-}
-
-static const char *sr_file(const split_reader *s, size_t c)
-{
-    return shard_path(&s->ix, s->ix.files[s->ix.chunks[c].file]);
-}
-
-static void sr_load(split_reader *s)
-{
-    char err[768];
-    const unsigned char *raw;
-    size_t c = s->next_chunk;
-    if (c >= s->ix.nchunks)
-        upc_fail(EX_DATAERR, "%s: the chunks end before the documents do", s->ix.dir);
-    const shard_chunk *ch = &s->ix.chunks[c];
-    if (!shard_read_chunk_raw(&s->ix, &s->d, c, &raw, err, sizeof err))
-        upc_fail(EX_DATAERR, "%s", err);
-    if (s->check_hash && XXH64(raw, ch->tokens * s->ix.width, 0) != ch->xxh64)
-        upc_fail(EX_DATAERR, "%s: frame %zu (byte %llu): xxh64 of the tokens differs from the index",
-                 sr_file(s, c), c, (unsigned long long)ch->offset);
-    shard_widen(raw, s->ix.width, ch->tokens, s->chunk);
-    for (size_t i = 0; i < ch->tokens; i++)
-        if (s->chunk[i] >= s->ix.h.vocab_size)
-            upc_fail(EX_DATAERR, "%s: frame %zu (byte %llu): token %zu has id %u, outside the vocabulary of %llu",
-                     sr_file(s, c), c, (unsigned long long)ch->offset, i, s->chunk[i],
-                     (unsigned long long)s->ix.h.vocab_size);
-    s->cur_chunk = c;
-    s->next_chunk++;
-    s->chunk_n = ch->tokens;
-    s->chunk_off = 0;
-}
-
-/* The next document's tokens into d; checks the EOS after it. */
-static void sr_read_doc(split_reader *s, tokstream_doc *d)
-{
-    const shard_docrec *r = &s->docs[s->doc++];
-    d->id = r->id;
-    d->bytes = r->bytes;
-    upc_grow((void **)&d->tokens, &d->cap, r->tokens, sizeof *d->tokens);
-    d->n = r->tokens;
-    size_t got = 0;
-    for (;;) {
-        if (s->chunk_off == s->chunk_n)
-            sr_load(s);
-        if (got == d->n)
-            break;
-        size_t m = s->chunk_n - s->chunk_off;
-        if (m > d->n - got)
-            m = d->n - got;
-        memcpy(d->tokens + got, s->chunk + s->chunk_off, m * sizeof *d->tokens);
-        s->chunk_off += m;
-        got += m;
-    }
-    uint32_t t = s->chunk[s->chunk_off++];
-    if (t != s->ix.h.eos_id) {
-        const shard_chunk *ch = &s->ix.chunks[s->cur_chunk];
-        upc_fail(EX_DATAERR, "%s: frame %zu (byte %llu): token %zu: expected EOS (%llu) after document %zu, found %u",
-                 sr_file(s, s->cur_chunk), s->cur_chunk, (unsigned long long)ch->offset, s->chunk_off - 1,
-                 (unsigned long long)s->ix.h.eos_id, s->doc - 1, t);
-    }
-}
-
-static bool sr_more(const split_reader *s)
-{
-    return s->doc < s->ix.ndocs;
-}
+/* ---------- reading splits document by document (lib/shard_docs.h) ---------- */
 
 /* The split whose next document came first in the original stream (splits
  * are merged back by position), or -1 when every split is done. */
-static int next_in_order(const split_reader *sr, int n)
+static int next_in_order(const shard_doc_reader *sr, int n)
 {
     int pick = -1;
     for (int i = 0; i < n; i++)
-        if (sr_more(&sr[i]) && (pick < 0 || sr[i].docs[sr[i].doc].position < sr[pick].docs[sr[pick].doc].position))
+        if (shard_docs_more(&sr[i]) && (pick < 0 || sr[i].docs[sr[i].doc].position < sr[pick].docs[sr[pick].doc].position))
             pick = i;
     return pick;
 }
 
 /* DIR as one split or an OUTDIR of two; returns the number of splits. */
-static int open_splits(const char *dir, split_reader sr[2], bool check_hash)
+static int open_splits(const char *dir, shard_doc_reader sr[2], bool check_hash)
 {
     if (shard_is_split_dir(dir)) {
-        sr_open(&sr[0], dir, check_hash);
+        shard_docs_open(&sr[0], dir, check_hash);
         return 1;
     }
     char *t = upc_path_join(dir, "train"), *v = upc_path_join(dir, "val");
@@ -270,8 +178,8 @@ static int open_splits(const char *dir, split_reader sr[2], bool check_hash)
         upc_fail(EX_NOINPUT, "%s: no such directory", dir);
     if (!is_dir(t) && !is_dir(v))
         upc_fail(EX_NOINPUT, "%s: not a shard directory (no %s, train/ or val/)", dir, SHARD_INDEX_NAME);
-    sr_open(&sr[0], t, check_hash);
-    sr_open(&sr[1], v, check_hash);
+    shard_docs_open(&sr[0], t, check_hash);
+    shard_docs_open(&sr[1], v, check_hash);
     const tokstream_header *a = &sr[0].ix.h, *b = &sr[1].ix.h;
     if (a->vocab_size != b->vocab_size || a->eos_id != b->eos_id || a->token_width != b->token_width ||
         strcmp(a->tokenizer, b->tokenizer) != 0)
@@ -305,7 +213,7 @@ static int cmd_cat(int argc, char **argv)
 {
     const char *out = NULL;
     const char *dir = one_dir_arg(argc, argv, &out);
-    split_reader sr[2];
+    shard_doc_reader sr[2];
     int n = open_splits(dir, sr, false);
     mpk_writer w;
     mpk_writer_open(&w, out);
@@ -315,13 +223,13 @@ static int cmd_cat(int argc, char **argv)
         int pick = next_in_order(sr, n);
         if (pick < 0)
             break;
-        sr_read_doc(&sr[pick], &d);
+        shard_docs_read(&sr[pick], &d);
         tokstream_write_doc(&w, &sr[pick].ix.h, d.id, d.bytes, d.tokens, d.n);
     }
     mpk_writer_commit(&w);
     tokstream_doc_free(&d);
     for (int i = 0; i < n; i++)
-        sr_close(&sr[i]);
+        shard_docs_close(&sr[i]);
     return 0;
 }
 
@@ -376,12 +284,12 @@ static int cmd_stat(int argc, char **argv)
         shard_index_open(&ix[0], dir);
         n = 1;
     } else {
-        split_reader sr[2];
+        shard_doc_reader sr[2];
         n = open_splits(dir, sr, false);
         for (int i = 0; i < n; i++) {
             ix[i] = sr[i].ix;
             memset(&sr[i].ix, 0, sizeof sr[i].ix);
-            sr_close(&sr[i]);
+            shard_docs_close(&sr[i]);
         }
     }
     split_stat st[2], total = {0};
@@ -426,7 +334,7 @@ static int cmd_stat(int argc, char **argv)
 static int cmd_verify(int argc, char **argv)
 {
     const char *dir = one_dir_arg(argc, argv, NULL);
-    split_reader sr[2];
+    shard_doc_reader sr[2];
     int n = open_splits(dir, sr, true);
     tokstream_doc d = {0};
     uint64_t next_position = 0, docs = 0, tokens = 0, chunks = 0;
@@ -434,7 +342,7 @@ static int cmd_verify(int argc, char **argv)
         int pick = next_in_order(sr, n);
         if (pick < 0)
             break;
-        split_reader *s = &sr[pick];
+        shard_doc_reader *s = &sr[pick];
         const shard_docrec *r = &s->docs[s->doc];
         if (n == 2 && r->position != next_position)
             upc_fail(EX_DATAERR, "%s/%s: document %zu: position %llu, expected %llu (positions of both splits must "
@@ -444,11 +352,11 @@ static int cmd_verify(int argc, char **argv)
             upc_fail(EX_DATAERR, "%s/%s: document %zu (id %llu) belongs to the other split", s->ix.dir,
                      SHARD_DOCS_NAME, s->doc, (unsigned long long)r->id);
         next_position++;
-        sr_read_doc(s, &d);
+        shard_docs_read(s, &d);
     }
     for (int i = 0; i < n; i++) {
         /* Every token belongs to a document, so the last chunk ends exactly. */
-        split_reader *s = &sr[i];
+        shard_doc_reader *s = &sr[i];
         if (s->next_chunk != s->ix.nchunks || s->chunk_off != s->chunk_n)
             upc_fail(EX_DATAERR, "%s: tokens after the last document", s->ix.dir);
         docs += s->ix.ndocs;
@@ -459,7 +367,7 @@ static int cmd_verify(int argc, char **argv)
             n == 1 ? "" : "s", (unsigned long long)docs, (unsigned long long)tokens, (unsigned long long)chunks);
     tokstream_doc_free(&d);
     for (int i = 0; i < n; i++)
-        sr_close(&sr[i]);
+        shard_docs_close(&sr[i]);
     return 0;
 }
 
