@@ -11,7 +11,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 static const char usage[] =
     "usage: shard [options] OUTDIR [STREAM|-]\n"
