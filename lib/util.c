@@ -278,9 +278,9 @@ FILE *upc_open_in(const char *path)
     return fp;
 }
 
-char *upc_read_file(const char *path, size_t *len)
+/* Everything left in fp, NUL-terminated; what names it in messages. */
+static char *read_stream(FILE *fp, const char *what, size_t *len)
 {
-    FILE *fp = upc_open_in(path);
     size_t cap = 1 << 16, n = 0;
     char *buf = upc_malloc(cap);
     for (;;) {
@@ -292,15 +292,22 @@ char *upc_read_file(const char *path, size_t *len)
         n += got;
         if (got == 0) {
             if (ferror(fp))
-                upc_fail(EX_IOERR, "%s: read failed: %s", path ? path : "stdin", strerror(errno));
+                upc_fail(EX_IOERR, "%s: read failed: %s", what, strerror(errno));
             break;
         }
     }
-    if (fp != stdin)
-        fclose(fp);
     buf[n] = 0;
     if (len)
         *len = n;
+    return buf;
+}
+
+char *upc_read_file(const char *path, size_t *len)
+{
+    FILE *fp = upc_open_in(path);
+    char *buf = read_stream(fp, path ? path : "stdin", len);
+    if (fp != stdin)
+        fclose(fp);
     return buf;
 }
 
@@ -393,7 +400,10 @@ void upc_print_version(void)
 /* Map path if it is a regular file (advice: the madvise hint); false for a
  * pipe or device, which the caller reads another way. With `what` set,
  * anything but a regular file fails, naming what was expected. */
-static bool map_regular(upc_mapped *m, const char *path, int advice, const char *what)
+/* Map path when it is a regular file and return -1; otherwise return the
+ * open descriptor, so a FIFO is opened once (a second open would make its
+ * writer see a closed pipe, or lose what it wrote in between). */
+static int map_regular(upc_mapped *m, const char *path, int advice, const char *what)
 {
     int fd = open(path, O_RDONLY);
     if (fd < 0)
@@ -405,10 +415,8 @@ static bool map_regular(upc_mapped *m, const char *path, int advice, const char 
         upc_fail(EX_NOINPUT, "%s: not a regular file, expected %s", path, what);
     if (S_ISDIR(st.st_mode))
         upc_fail(EX_NOINPUT, "%s: is a directory, expected a file", path);
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return false;
-    }
+    if (!S_ISREG(st.st_mode))
+        return fd;
     m->len = (size_t)st.st_size;
     if (m->len) {
         m->map = mmap(NULL, m->len, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -418,22 +426,31 @@ static bool map_regular(upc_mapped *m, const char *path, int advice, const char 
     }
     m->data = m->map ? m->map : "";
     close(fd);
-    return true;
+    return -1;
 }
 
 void upc_map_file(upc_mapped *m, const char *path)
 {
     memset(m, 0, sizeof *m);
-    if (path && strcmp(path, "-") != 0 && map_regular(m, path, MADV_SEQUENTIAL, NULL))
-        return;
-    m->heap = upc_read_file(path, &m->len);
+    if (!path || strcmp(path, "-") == 0) {
+        m->heap = upc_read_file(path, &m->len);
+    } else {
+        int fd = map_regular(m, path, MADV_SEQUENTIAL, NULL);
+        if (fd < 0)
+            return;
+        FILE *fp = fdopen(fd, "rb");
+        if (!fp)
+            upc_fail(EX_IOERR, "%s: cannot read: %s", path, strerror(errno));
+        m->heap = read_stream(fp, path, &m->len);
+        fclose(fp);
+    }
     m->data = m->heap;
 }
 
 void upc_map_regular(upc_mapped *m, const char *path, const char *what)
 {
     memset(m, 0, sizeof *m);
-    map_regular(m, path, MADV_NORMAL, what);
+    map_regular(m, path, MADV_NORMAL, what);   /* refuses anything but a regular file */
 }
 
 void upc_unmap(upc_mapped *m)

@@ -306,6 +306,18 @@ roundtrip() {   # file: encode then decode gives the same bytes
     [ -z "$(ls "$TMP" | grep 'out.mpk')" ]
 }
 
+@test "encode: a FIFO input is read once, whole (no second open that loses its data)" {
+    mkfifo "$TMP/in.fifo"
+    printf 'text through a named pipe\n' > "$TMP/in.txt"
+    cat "$TMP/in.txt" > "$TMP/in.fifo" &
+    run timeout 20 tokenize encode --tokenizer "$TOKDIR/tok.json" -o "$TMP/fifo.mpk" "$TMP/in.fifo"
+    assert_status 0
+    wait
+    tokenize encode --tokenizer "$TOKDIR/tok.json" -o "$TMP/file.mpk" "$TMP/in.txt"
+    tokenize decode --tokenizer "$TOKDIR/tok.json" -o "$TMP/fifo.txt" "$TMP/fifo.mpk"
+    cmp "$TMP/in.txt" "$TMP/fifo.txt"
+}
+
 @test "encode: a large document cut into segments encodes as if whole" {
     find /usr/share/games/fortunes -maxdepth 1 -type f ! -name '*.dat' ! -name '*.u8' | sort | xargs cat > "$TMP/big.txt"
     [ "$(stat -c %s "$TMP/big.txt")" -gt 2200000 ]
