@@ -38,6 +38,8 @@ static const char usage[] =
     "  --suite FILE         LLM Foundry icl_tasks YAML\n"
     "  --gauntlet FILE      LLM Foundry eval_gauntlet YAML (needs --suite)\n"
     "  --limit N            score at most N items per task (default: all)\n"
+    "  --per-item           also an item record per scored item (log-likelihoods,\n"
+    "                       prediction, generated text)\n"
     "  --seq-len T          context window (default: max_position_embeddings,\n"
     "                       at most 2048)\n"
     "  --batch B            sequences per forward (default 8)\n"
@@ -60,7 +62,7 @@ static const char usage[] =
 typedef struct {
     const char *data, *suite, *gauntlet, *tokenizer, *out;
     long long tokens, limit, seq_len, batch, seed, threads, max_items;
-    bool force;
+    bool force, per_item;
     const char **ckpts;
     int n_ckpts;
 } options;
@@ -99,6 +101,8 @@ static void parse_args(int argc, char **argv, int first, options *o)
             exit(0);
         } else if (strcmp(a, "--force") == 0) {
             o->force = true;
+        } else if (strcmp(a, "--per-item") == 0) {
+            o->per_item = true;
         } else if (strcmp(a, "--data") == 0 && more) {
             o->data = argv[++i];
         } else if (strcmp(a, "--suite") == 0 && more) {
@@ -399,7 +403,7 @@ static bool stop_at_delimiter(void *p, const int32_t *out, size_t count)
 }
 
 /* Greedy generation after the context; correct when it matches an answer. */
-static bool generate_item(evaluator *ev, const icl_query *q, char *const *stop, size_t n_stop)
+static bool generate_item(evaluator *ev, const icl_query *q, char *const *stop, size_t n_stop, char **generated)
 {
     uint32_t *buf = NULL;
     size_t n = 0, cap = 0;
@@ -425,12 +429,46 @@ static bool generate_item(evaluator *ev, const icl_query *q, char *const *stop, 
     bpe_decode(ev->tok, (const uint32_t *)out, got, &text, &len, &tcap, &bad);
     char *cut = icl_cut_generation(text ? text : "", stop, n_stop);
     bool ok = icl_answer_matches(cut, q->answers, q->n_answers);
-    free(cut);
+    *generated = cut;
     free(text);
     free(out);
     free(ids);
     free(buf);
     return ok;
+}
+
+/* --per-item: one record per scored item, for error analysis and for
+ * checking the scores against an independent forward. */
+static void pack_item(evaluator *ev, const icl_task_spec *spec, int fewshot, size_t item, const icl_query *q,
+                      int pred, bool correct, const lm_seq_score *sc, const char *generated)
+{
+    if (!ev->o->per_item)
+        return;
+    msgpack_packer *pk = &ev->rec->pk;
+    msgpack_pack_map(pk, 11);
+    mpk_pack_key_str(pk, "event", "item");
+    mpk_pack_key_str(pk, "model", ev->path);
+    mpk_pack_key_str(pk, "label", spec->label);
+    mpk_pack_key_int(pk, "num_fewshot", fewshot);
+    mpk_pack_key_uint(pk, "item", item);
+    mpk_pack_key_int(pk, "gold", q->gold);
+    mpk_pack_key_int(pk, "pred", pred);
+    mpk_pack_cstr(pk, "correct");
+    if (correct)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    size_t n = sc ? q->n : 0;
+    mpk_pack_cstr(pk, "logprob");
+    msgpack_pack_array(pk, n);
+    for (size_t c = 0; c < n; c++)
+        msgpack_pack_double(pk, sc[c].logprob);
+    mpk_pack_cstr(pk, "tokens");
+    msgpack_pack_array(pk, n);
+    for (size_t c = 0; c < n; c++)
+        msgpack_pack_int64(pk, sc[c].n_tokens);
+    mpk_pack_key_str(pk, "generated", generated ? generated : "");
+    mpk_writer_flush(ev->rec, false);
 }
 
 static int argmax(const double *v, size_t n)
@@ -458,6 +496,7 @@ static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
         .seed = o->seed >= 0 ? (uint64_t)o->seed : spec->fewshot_random_seed,
     };
     double correct = 0, correct_sum = 0, correct_norm = 0;
+    size_t skipped = 0;
     if (spec->type == ICL_GENERATION) {
         /* stop at the task's early_stopping_criteria, else at its example delimiter */
         char *fallback[1] = {(char *)(spec->example_delimiter ? spec->example_delimiter : ICL_DEFAULT_EXAMPLE_DELIMITER)};
@@ -466,32 +505,54 @@ static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
         for (size_t i = 0; i < items; i++) {
             icl_query q;
             icl_build_query(&ds, i, &po, &q);
-            correct += generate_item(ev, &q, stop, n_stop);
+            char *generated;
+            bool ok = generate_item(ev, &q, stop, n_stop, &generated);
+            correct += ok;
+            pack_item(ev, spec, fewshot, i, &q, -1, ok, NULL, generated);
+            free(generated);
             icl_query_free(&q);
         }
         correct_sum = correct_norm = correct;
     } else {
-        /* every candidate of every item in one scoring call: batched by length */
+        /* every candidate of every item in one scoring call: batched by length.
+         * An item with a continuation longer than the window is skipped
+         * (LLM Foundry refuses it; here the rest of the task still counts). */
         icl_query *qs = upc_calloc(items, sizeof *qs);
-        size_t total = 0;
+        size_t *index = upc_calloc(items, sizeof *index);
+        lm_seq *seqs = NULL;
+        int32_t **store = NULL;
+        size_t total = 0, cap = 0, kept = 0;
         for (size_t i = 0; i < items; i++) {
-            icl_build_query(&ds, i, &po, &qs[i]);
-            total += qs[i].n;
+            icl_query *q = &qs[kept];
+            icl_build_query(&ds, i, &po, q);
+            upc_grow((void **)&seqs, &cap, total + q->n, sizeof *seqs);
+            store = upc_realloc(store, cap * sizeof *store);
+            query_seqs(ev, q, seqs + total, store + total);
+            bool fits = true;
+            for (size_t c = 0; c < q->n; c++)
+                fits &= seqs[total + c].len - seqs[total + c].start <= ev->max_len;
+            if (!fits) {
+                for (size_t c = 0; c < q->n; c++)
+                    free(store[total + c]);
+                icl_query_free(q);
+                skipped++;
+                continue;
+            }
+            index[kept++] = i;
+            total += q->n;
         }
-        lm_seq *seqs = upc_calloc(total, sizeof *seqs);
-        int32_t **store = upc_calloc(total, sizeof *store);
-        size_t at = 0;
-        for (size_t i = 0; i < items; i++) {
-            query_seqs(ev, &qs[i], seqs + at, store + at);
-            at += qs[i].n;
-        }
-        lm_seq_score *sc = upc_calloc(total, sizeof *sc);
+        if (skipped)
+            upc_warn("%s: %s: %zu of %zu items skipped: a continuation longer than the %d-token window", ev->path,
+                     spec->label, skipped, items, ev->max_len);
+        lm_seq_score *sc = upc_calloc(total ? total : 1, sizeof *sc);
         lm_score_seqs(ev->m, seqs, total, (int)o->batch, ev->max_len, sc);
-        at = 0;
-        for (size_t i = 0; i < items; i++) {
-            const icl_query *q = &qs[i];
+        size_t at = 0;
+        for (size_t k = 0; k < kept; k++) {
+            const icl_query *q = &qs[k];
+            size_t i = index[k];
             if (spec->type == ICL_LANGUAGE_MODELING) {
                 correct += sc[at].greedy;
+                pack_item(ev, spec, fewshot, i, q, sc[at].greedy ? 0 : -1, sc[at].greedy, sc + at, NULL);
             } else {
                 double mean[q->n], sum[q->n], norm[q->n];
                 for (size_t c = 0; c < q->n; c++) {
@@ -501,6 +562,7 @@ static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
                     norm[c] = sum[c] / (double)(bytes ? bytes : 1);
                 }
                 correct += argmax(mean, q->n) == q->gold;
+                pack_item(ev, spec, fewshot, i, q, argmax(mean, q->n), argmax(mean, q->n) == q->gold, sc + at, NULL);
                 correct_sum += argmax(sum, q->n) == q->gold;
                 correct_norm += argmax(norm, q->n) == q->gold;
             }
@@ -510,31 +572,34 @@ static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
             correct_sum = correct_norm = correct;
         for (size_t i = 0; i < total; i++)
             free(store[i]);
-        for (size_t i = 0; i < items; i++)
-            icl_query_free(&qs[i]);
+        for (size_t k = 0; k < kept; k++)
+            icl_query_free(&qs[k]);
+        free(index);
         free(sc);
         free(store);
         free(seqs);
         free(qs);
     }
-    double acc = items ? correct / (double)items : NAN;
+    size_t scored = items - skipped;
+    double acc = scored ? correct / (double)scored : NAN;
     upc_grow((void **)&ev->results, &ev->results_cap, ev->n_results + 1, sizeof *ev->results);
     ev->results[ev->n_results++] = (task_result){upc_strdup(spec->label), fewshot, acc};
     msgpack_packer *pk = &ev->rec->pk;
-    msgpack_pack_map(pk, 10);
+    msgpack_pack_map(pk, 11);
     mpk_pack_key_str(pk, "event", "task");
     mpk_pack_key_str(pk, "model", ev->path);
     mpk_pack_key_str(pk, "label", spec->label);
     mpk_pack_key_str(pk, "type", icl_type_name(spec->type));
     mpk_pack_key_int(pk, "num_fewshot", fewshot);
-    mpk_pack_key_int(pk, "items", (int64_t)items);
+    mpk_pack_key_int(pk, "items", (int64_t)scored);
+    mpk_pack_key_int(pk, "skipped", (int64_t)skipped);
     mpk_pack_key_double(pk, "acc", acc);
-    mpk_pack_key_double(pk, "acc_sum", items ? correct_sum / (double)items : NAN);
-    mpk_pack_key_double(pk, "acc_norm", items ? correct_norm / (double)items : NAN);
+    mpk_pack_key_double(pk, "acc_sum", scored ? correct_sum / (double)scored : NAN);
+    mpk_pack_key_double(pk, "acc_norm", scored ? correct_norm / (double)scored : NAN);
     mpk_pack_key_double(pk, "wall_s", now() - t0);
     mpk_writer_emit(ev->rec);
     fprintf(stderr, "evaluate: %s: %s/%d-shot acc %.4f over %zu items (%.1f s)\n", ev->path, spec->label, fewshot, acc,
-            items, now() - t0);
+            scored, now() - t0);
     icl_dataset_free(&ds);
 }
 

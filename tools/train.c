@@ -347,6 +347,14 @@ static void check_tokenizer(run *r, const char *path, const shard_index *ix)
     if ((int64_t)bpe_vocab_size(t) > r->cfg.vocab_size)
         upc_fail(EX_DATAERR, "%s: %zu tokens do not fit the model's vocab_size %lld", path, bpe_vocab_size(t),
                  (long long)r->cfg.vocab_size);
+    /* A new model's config names the tokenizer's EOS as its eos and bos token
+     * (as GPT-2's does): every document of upcyc's data starts after one. */
+    int64_t eos = bpe_eos_id(t);
+    if (r->o.init && !r->o.resume && eos >= 0) {
+        r->cfg.bos_token_id = eos;
+        r->cfg.eos_token_ids[0] = eos;
+        r->cfg.n_eos = 1;
+    }
     bpe_free(t);
     r->tokenizer_json = upc_read_file(path, &r->tokenizer_len);
 }
