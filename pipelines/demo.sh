@@ -2,8 +2,9 @@
 # The demo on the built-in corpus: learn a tokenizer, encode, shard, verify,
 # pretrain a tiny dense model, upcycle it to 4 experts (top-2), and train
 # the dense model (continued pretraining) and the MoE for the same number of
-# steps; summarise. Later stages of the study (evaluate, serve-bench, the
-# report with iso-FLOP budgets) join here as they land.
+# steps; build held-out tasks and evaluate all three; summarise. Later stages
+# of the study (serve-bench, the report with iso-FLOP budgets) join here as
+# they land.
 #
 #   STEPS=N               dense pretraining steps (default 200, ~1 min)
 #   MORE=N                steps of each continuation (default 40)
@@ -70,10 +71,18 @@ train --from "$OUT/dense" $TRAIN --steps "$MORE" --lr 3e-4 --warmup 4 --out "$OU
 # shellcheck disable=SC2086
 train --from "$OUT/moe0" $TRAIN --steps "$MORE" --lr 3e-4 --warmup 4 --out "$OUT/moe" > "$OUT/moe.train.mpk"
 
+step "evaluate build: LAMBADA- and HellaSwag-style tasks from the held-out documents"
+evaluate build --force --data "$OUT/shards/val" --tokenizer "$OUT/tokenizer.json" --out "$OUT/tasks"
+
+step "evaluate: held-out loss and the task suite, dense / CPT / MoE"
+evaluate --data "$OUT/shards/val" --suite "$OUT/tasks/icl_tasks.yaml" --gauntlet "$OUT/tasks/eval_gauntlet.yaml" \
+    --seq-len 128 "$OUT/dense" "$OUT/cpt" "$OUT/moe" > "$OUT/evaluate.mpk"
+
 step "summary"
 shard stat "$OUT/shards" > "$OUT/shards.stat.mpk" 2>/dev/null
 {
     records json "$OUT/shards.stat.mpk"
+    records json "$OUT/evaluate.mpk" | jq -s -c '[.[] | select(.event == "summary")]'
     for run in dense cpt moe; do
         records json "$OUT/$run.train.mpk" |
             jq -c --arg run "$run" '[., inputs] | {run: $run,
@@ -82,8 +91,9 @@ shard stat "$OUT/shards" > "$OUT/shards.stat.mpk" 2>/dev/null
                 tokens_per_s: (map(select(.event == "train_step") | .tokens_per_s) | sort | .[length / 2 | floor]),
                 val_loss: (map(select(.event == "eval")) | last | .loss)}'
     done
-} | jq -s '{shards: .[0], runs: .[1:]}' > "$OUT/summary.json"
+} | jq -s '{shards: .[0], runs: [.[2:][] as $r | $r + ((.[1][] | select(.model | endswith("/" + $r.run))
+          | {bpb: .lm_bpb, core_average}) // {})]}' > "$OUT/summary.json"
 jq . "$OUT/summary.json"
-jq -r '.runs[] | "\(.run): \(.params) params (\(.active_params) active), \(.steps) steps, \(.tokens_per_s | floor) tok/s, val loss \(.val_loss)"' \
+jq -r '.runs[] | "\(.run): \(.params) params (\(.active_params) active), \(.steps) steps, \(.tokens_per_s | floor) tok/s, val loss \(.val_loss), bpb \(.bpb), core average \(.core_average)"' \
     "$OUT/summary.json" >&2
-printf '\nresults in %s/: tokenizer.json, tokens.mpk, shards/, dense/, moe0/, cpt/, moe/, *.train.mpk, summary.json\n' "$OUT" >&2
+printf '\nresults in %s/: tokenizer.json, tokens.mpk, shards/, dense/, moe0/, cpt/, moe/, *.train.mpk, tasks/, evaluate.mpk, summary.json\n' "$OUT" >&2
