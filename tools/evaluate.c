@@ -34,7 +34,8 @@ static const char usage[] =
     "\n"
     "options:\n"
     "  --data DIR           held-out split, e.g. shards/val\n"
-    "  --tokens N           score at most N tokens of --data (default: all)\n"
+    "  --tokens N           score about N tokens of --data, rounded up to whole\n"
+    "                       batches (default: all)\n"
     "  --suite FILE         LLM Foundry icl_tasks YAML\n"
     "  --gauntlet FILE      LLM Foundry eval_gauntlet YAML (needs --suite)\n"
     "  --limit N            score at most N items per task (default: all)\n"
@@ -143,6 +144,8 @@ static int build(const options *o)
         upc_usage_fail("build needs --data SPLIT, --tokenizer FILE and --out DIR");
     if (o->n_ckpts)
         upc_usage_fail("build takes no checkpoint ('%s')", o->ckpts[0]);
+    if (o->suite || o->gauntlet || o->tokens || o->limit || o->per_item || o->seq_len || o->batch != 8 || o->threads)
+        upc_usage_fail("build takes --data, --tokenizer, --out, --max-items, --seed and --force only");
     struct stat st;
     if (lstat(o->out, &st) == 0 && !o->force)
         upc_fail(EX_CANTCREAT, "%s: already exists (--force replaces it)", o->out);
@@ -407,7 +410,10 @@ static bool generate_item(evaluator *ev, const icl_query *q, char *const *stop, 
 {
     uint32_t *buf = NULL;
     size_t n = 0, cap = 0;
-    encode(ev, q->cands[0].context, &buf, &n, &cap);
+    const char *ctxt = q->cands[0].context;
+    size_t pre = q->preamble_len <= strlen(ctxt) ? q->preamble_len : 0;
+    bpe_encode(ev->tok, ev->scratch, ctxt, pre, false, &buf, &n, &cap);   /* apart, as in query_seqs */
+    encode(ev, ctxt + pre, &buf, &n, &cap);
     size_t longest = 0;
     for (size_t a = 0; a < q->n_answers; a++) {
         size_t m = 0, c2 = 0;
