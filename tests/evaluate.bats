@@ -154,3 +154,32 @@ YAML
     run sh -c "evaluate --data '$D/shards/val' --seq-len 32 '$D/ckpt' > /dev/full"
     assert_status 74
 }
+
+@test "evaluate: schema and generation tasks through the tool" {
+    cp "$BATS_TEST_DIRNAME/fixtures/icl/schema.jsonl" "$BATS_TEST_DIRNAME/fixtures/icl/gen.jsonl" "$TMP/"
+    cat > "$TMP/s.yaml" <<'YAML'
+icl_tasks:
+- label: wsc
+  dataset_uri: schema.jsonl
+  num_fewshot: [0, 1]
+  icl_task_type: schema
+- label: qa
+  dataset_uri: gen.jsonl
+  num_fewshot: [0]
+  icl_task_type: generation_task_with_answers
+YAML
+    evaluate --suite "$TMP/s.yaml" --per-item --seq-len 128 "$D/ckpt" 2> /dev/null | records json > "$TMP/r.jsonl"
+    # schema: one candidate per context option; the prediction is the highest mean log-likelihood
+    jq -s -e --argjson n "$(wc -l < "$TMP/schema.jsonl")" '[.[] | select(.event=="item" and .label=="wsc")] |
+        length == 2 * $n and all(
+            (.logprob | length) >= 2 and
+            ([.logprob, .tokens] | transpose | map(.[0] / .[1])) as $m |
+            ($m | index($m | max)) == .pred and .correct == (.pred == .gold))' "$TMP/r.jsonl" > /dev/null
+    # generation: an answer equal to what the model generates is correct, another is not
+    gen0=$(jq -r 'select(.event=="item" and .label=="qa" and .item==0) | .generated' "$TMP/r.jsonl")
+    jq -n -c --arg g "$gen0" '{context: "Q: Capital of France?", answer: $g}' > "$TMP/gen.jsonl"
+    jq -n -c '{context: "Q: Capital of France?", answer: "zzqx qxzz"}' >> "$TMP/gen.jsonl"
+    evaluate --suite "$TMP/s.yaml" --per-item --seq-len 128 "$D/ckpt" 2> /dev/null | records json > "$TMP/r2.jsonl"
+    [ "$(jq -c 'select(.event=="item" and .label=="qa") | [.item, .correct]' "$TMP/r2.jsonl" | tr -d '\n')" = "[0,true][1,false]" ]
+    [ "$(jq 'select(.event=="task" and .label=="qa") | .acc' "$TMP/r2.jsonl")" = 0.5 ]
+}
