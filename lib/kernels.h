@@ -138,6 +138,25 @@ struct upc_kernels {
                           const float *dout, float *dq, float *dk, float *dv,
                           int B, int T, int Hq, int Hkv, int hd);
 
+    /* ---- paged KV cache (inference) ----------------------------------------
+     * The cache is a pool of slots, [n_slots][Hkv][hd] for keys and for
+     * values; slot = block * block_size + offset. A sequence's position p
+     * lives in slot block_table[seq * max_blocks + p / block_size] *
+     * block_size + p % block_size.
+     * kv_cache_write: row r of k, v [rows][Hkv][hd] goes to slot slots[r].
+     * paged_attention: row r (a query of sequence row_seq[r] at position
+     * row_pos[r]) attends that sequence's positions 0..row_pos[r] in the
+     * cache (causal GQA as attention_fwd, scores scaled by 1/sqrt(hd));
+     * q, out [rows][Hq][hd]. Keys of the row's own position must already be
+     * written. */
+    void (*kv_cache_write)(const upc_kernels *K, const float *k, const float *v,
+                           const int32_t *slots, int rows, int Hkv, int hd, float *kcache,
+                           float *vcache);
+    void (*paged_attention)(const upc_kernels *K, const float *q, const float *kcache,
+                            const float *vcache, const int32_t *block_table, int max_blocks,
+                            int block_size, const int32_t *row_seq, const int32_t *row_pos,
+                            int rows, int Hq, int Hkv, int hd, float *out);
+
     /* ---- SwiGLU: out = silu(gate) * up, elementwise over n ---------------
      * bwd writes dgate and dup. */
     void (*swiglu_fwd)(const upc_kernels *K, const float *gate, const float *up,

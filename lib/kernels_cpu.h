@@ -50,6 +50,13 @@ void cpu_swiglu_fwd(const upc_kernels *K, const float *gate, const float *up,
 void cpu_swiglu_bwd(const upc_kernels *K, const float *gate, const float *up,
                     const float *dout, float *dgate, float *dup, size_t n);
 
+/* kernels_cpu_kvcache.c */
+void cpu_kv_cache_write(const upc_kernels *K, const float *k, const float *v, const int32_t *slots,
+                        int rows, int Hkv, int hd, float *kcache, float *vcache);
+void cpu_paged_attention(const upc_kernels *K, const float *q, const float *kcache,
+                         const float *vcache, const int32_t *block_table, int max_blocks,
+                         int block_size, const int32_t *row_seq, const int32_t *row_pos, int rows,
+                         int Hq, int Hkv, int hd, float *out);
 /* kernels_cpu_attention.c */
 void cpu_attention_fwd(const upc_kernels *K, const float *q, const float *k,
                        const float *v, float *out, float *lse, int B, int T,
