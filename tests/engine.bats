@@ -12,3 +12,10 @@ load helpers
     assert_status 0
     assert_output_contains "test_engine: all checks passed"
 }
+
+@test "sampling: greedy, temperature frequencies, top-p nucleus, seeded" {
+    [ -x "$UPCYC_UNIT/test_sampling" ] || skip "unit test binary test_sampling not built in $UPCYC_UNIT"
+    run "$UPCYC_UNIT/test_sampling"
+    assert_status 0
+    assert_output_contains "test_sampling: all checks passed"
+}
