@@ -31,6 +31,34 @@ static void check_gemm(const char *kernel, int trans_a, int trans_b, int m, int 
     CPU_REQUIRE(ldc >= (n > 1 ? n : 1), kernel, "ldc smaller than a row of C");
 }
 
+/* A few rows times an HF weight (C = A B^T, B [n][k]): decode's shape.
+ * OpenBLAS runs these on one thread at a fraction of memory bandwidth; here
+ * every thread streams its own rows of B once, at bandwidth, each output a
+ * plain dot product over k (summed in a fixed order, any thread count). */
+enum { SKINNY_ROWS = 4 };
+
+static void skinny_nt(int m, int n, int k, float alpha, const float *A, int lda, const float *B,
+                      int ldb, float beta, float *C, int ldc)
+{
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j < n; j++) {
+        const float *b = B + (size_t)j * ldb;
+        float acc[SKINNY_ROWS] = {0};
+        for (int i = 0; i < m; i++) {
+            const float *a = A + (size_t)i * lda;
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int t = 0; t < k; t++)
+                s += a[t] * b[t];
+            acc[i] = s;
+        }
+        for (int i = 0; i < m; i++) {
+            float *c = C + (size_t)i * ldc + j;
+            *c = alpha * acc[i] + (beta == 0.0f ? 0.0f : beta * *c);
+        }
+    }
+}
+
 /* The one SGEMM every entry point ends in; arguments already checked. */
 static void sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
                   const float *A, int lda, const float *B, int ldb, float beta,
@@ -40,6 +68,10 @@ static void sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
         return;
     if (k == 0 || alpha == 0.0f) {
         scale_matrix(m, n, beta, C, ldc);
+        return;
+    }
+    if (!trans_a && trans_b && m <= SKINNY_ROWS && n >= 64) {
+        skinny_nt(m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,

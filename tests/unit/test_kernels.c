@@ -15,9 +15,8 @@ static double at(const float *M, int ld, int trans, int i, int j)
     return trans ? M[(size_t)j * ld + i] : M[(size_t)i * ld + j];
 }
 
-static void test_gemm(void)
+static void test_gemm_shape(int m, int n, int k)
 {
-    const int m = 7, n = 5, k = 9;
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++)
             for (int bi = 0; bi < 2; bi++) {
@@ -47,11 +46,19 @@ static void test_gemm(void)
                 float *dA = dev_from(A, na), *dB = dev_from(B, nb), *dC = dev_from(C, nc);
                 K->gemm(K, ta, tb, m, n, k, alpha, dA, lda, dB, ldb, beta, dC, ldc);
                 char what[64];
-                snprintf(what, sizeof what, "gemm ta=%d tb=%d beta=%g", ta, tb, beta);
+                snprintf(what, sizeof what, "gemm %dx%dx%d ta=%d tb=%d beta=%g", m, n, k, ta, tb, beta);
                 expect_close(what, dC, ref, nc, 1e-5, 1e-5);
                 free(A), free(B), free(C), free(ref);
                 K->free(K, dA), K->free(K, dB), K->free(K, dC);
             }
+}
+
+static void test_gemm(void)
+{
+    const int m = 7, n = 5, k = 9;
+    test_gemm_shape(m, n, k);
+    test_gemm_shape(1, 100, 37);   /* decode's skinny products (own kernel) */
+    test_gemm_shape(3, 70, 129);
 
     /* strided batched: 3 products C_i = A_i^T B_i with gaps between them */
     const int batch = 3;
