@@ -420,10 +420,11 @@ static void test_percentile(void)
     double one = 5.5;
     CHECK(percentile(&one, 1, 0) == 5.5 && percentile(&one, 1, 99) == 5.5 && percentile(&one, 1, 100) == 5.5);
     CHECK(isnan(percentile(NULL, 0, 50)));
-    /* numpy's _lerp from the upper end when t >= 0.5: [0, 1e16+2], p = 75 ->
-     * 1e16+2 - (1e16+2) * 0.25 = 7.5e15+2 exactly; a + diff*t rounds */
-    double c[] = {0.0, 1e16 + 2};
-    CHECK(percentile(c, 2, 75) == (1e16 + 2) - (1e16 + 2) * 0.25);
+    /* numpy's _lerp works from the upper end when t >= 0.5: index 2.97,
+     * b - (b - a) * (1 - t) = 15390.315859999997 where a + (b - a) * t
+     * rounds to 15390.315859999995 */
+    double c[] = {0.0, 1.0, 7100.2709999999997, 15646.708999999999};
+    CHECK_MSG(percentile(c, 4, 99) == 15390.315859999997, "p99 %.17g, not numpy's _lerp", percentile(c, 4, 99));
 
     dist_stats d;
     double odd[] = {5, 1, 3};
