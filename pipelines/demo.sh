@@ -2,9 +2,9 @@
 # The demo on the built-in corpus: learn a tokenizer, encode, shard, verify,
 # pretrain a tiny dense model, upcycle it to 4 experts (top-2), and train
 # the dense model (continued pretraining) and the MoE for the same number of
-# steps; build held-out tasks and evaluate all three; summarise. Later stages
-# of the study (serve-bench, the report with iso-FLOP budgets) join here as
-# they land.
+# steps; build held-out tasks and evaluate all three; serve the dense model
+# and the MoE at maximum throughput; summarise. The report with iso-FLOP
+# budgets joins here when it lands.
 #
 #   STEPS=N               dense pretraining steps (default 200, ~1 min)
 #   MORE=N                steps of each continuation (default 40)
@@ -78,11 +78,20 @@ step "evaluate: held-out loss and the task suite, dense / CPT / MoE"
 evaluate --data "$OUT/shards/val" --suite "$OUT/tasks/icl_tasks.yaml" --gauntlet "$OUT/tasks/eval_gauntlet.yaml" \
     --seq-len 128 "$OUT/dense" "$OUT/cpt" "$OUT/moe" > "$OUT/evaluate.mpk"
 
+step "serve-bench: maximum throughput, dense against MoE (the paper's 3500/300 lengths / 50)"
+for run in dense moe; do
+    serve-bench --model "$OUT/$run" --scale 50 --requests 32 --rates inf --kv-memory 64M > "$OUT/$run.serve.mpk"
+done
+
 step "summary"
 shard stat "$OUT/shards" > "$OUT/shards.stat.mpk" 2>/dev/null
 {
     records json "$OUT/shards.stat.mpk"
     records json "$OUT/evaluate.mpk" | jq -s -c '[.[] | select(.event == "summary")]'
+    for run in dense moe; do
+        records json "$OUT/$run.serve.mpk" | jq -c --arg run "$run" 'select(.event == "sweep_point")
+            | {run: $run, serve_total_tokens_per_s: .total_tokens_per_s, serve_output_tokens_per_s: .output_tokens_per_s}'
+    done | jq -s -c '.'
     for run in dense cpt moe; do
         records json "$OUT/$run.train.mpk" |
             jq -c --arg run "$run" '[., inputs] | {run: $run,
@@ -91,9 +100,10 @@ shard stat "$OUT/shards" > "$OUT/shards.stat.mpk" 2>/dev/null
                 tokens_per_s: (map(select(.event == "train_step") | .tokens_per_s) | sort | .[length / 2 | floor]),
                 val_loss: (map(select(.event == "eval")) | last | .loss)}'
     done
-} | jq -s '{shards: .[0], runs: [.[2:][] as $r | $r + ((.[1][] | select(.model | endswith("/" + $r.run))
-          | {bpb: .lm_bpb, core_average}) // {})]}' > "$OUT/summary.json"
+} | jq -s '{shards: .[0], runs: [.[3:][] as $r | $r
+          + ((.[1][] | select(.model | endswith("/" + $r.run)) | {bpb: .lm_bpb, core_average}) // {})
+          + ((.[2][] | select(.run == $r.run) | del(.run)) // {})]}' > "$OUT/summary.json"
 jq . "$OUT/summary.json"
-jq -r '.runs[] | "\(.run): \(.params) params (\(.active_params) active), \(.steps) steps, \(.tokens_per_s | floor) tok/s, val loss \(.val_loss), bpb \(.bpb), core average \(.core_average)"' \
+jq -r '.runs[] | "\(.run): \(.params) params (\(.active_params) active), \(.steps) steps, \(.tokens_per_s | floor) tok/s training, val loss \(.val_loss), bpb \(.bpb), core average \(.core_average), serving \(.serve_total_tokens_per_s // "-") tok/s"' \
     "$OUT/summary.json" >&2
-printf '\nresults in %s/: tokenizer.json, tokens.mpk, shards/, dense/, moe0/, cpt/, moe/, *.train.mpk, tasks/, evaluate.mpk, summary.json\n' "$OUT" >&2
+printf '\nresults in %s/: tokenizer.json, tokens.mpk, shards/, dense/, moe0/, cpt/, moe/, *.train.mpk, tasks/, evaluate.mpk, *.serve.mpk, summary.json\n' "$OUT" >&2
