@@ -451,11 +451,12 @@ static len_spec scaled(const char *opt, const char *spec, double scale)
     char err[200];
     if (!len_spec_parse(spec, &l, err, sizeof err))
         upc_usage_fail("%s %s: %s", opt, spec, err);
-    l.a /= scale;
-    if (l.kind != LEN_FIXED)
+    /* whole token counts, at least one; a uniform range stays a range */
+    l.a = fmax(1.0, round(l.a / scale));
+    if (l.kind == LEN_UNIFORM)
+        l.b = fmax(l.a, round(l.b / scale));
+    else if (l.kind == LEN_NORMAL)
         l.b /= scale;
-    if (l.a < 1)
-        l.a = 1;
     return l;
 }
 
@@ -488,13 +489,20 @@ int main(int argc, char **argv)
     parse_args(argc, argv, gen ? 2 : 1, &o);
     if (o.threads)
         omp_set_num_threads((int)o.threads);
-    if (gen)
+    if (gen) {
+        if (o.rates || o.concurrency || o.per_request || o.requests != 32 || o.warmup != 2 || o.scale != 1 ||
+            o.burstiness != 1 || strcmp(o.prompt_len, "3500") || strcmp(o.output_len, "300"))
+            upc_usage_fail("generate takes --model, --prompt, --max-tokens, sampling and engine options only");
         return generate(&o);
-    if (o.prompt)
-        upc_usage_fail("--prompt belongs to `serve-bench generate`");
+    }
+    if (o.prompt || o.max_tokens != 64)
+        upc_usage_fail("--prompt and --max-tokens belong to `serve-bench generate`");
     size_t n_rates = 0, n_conc = 0;
     double *rates = o.rates ? parse_list("--rates", o.rates, &n_rates, true) : NULL;
     double *conc = o.concurrency ? parse_list("--concurrency", o.concurrency, &n_conc, false) : NULL;
+    for (size_t i = 0; i < n_conc; i++)
+        if (conc[i] < 1 || conc[i] != floor(conc[i]) || conc[i] > 1e6)
+            upc_usage_fail("--concurrency: %g is not a whole number of requests >= 1", conc[i]);
     if (!rates && !conc)
         rates = parse_list("--rates", "inf", &n_rates, true);
     workload_spec ws = {
@@ -508,17 +516,30 @@ int main(int argc, char **argv)
     loaded L = {0};
     load(&L, &o);
     ws.vocab = (uint32_t)L.cfg.vocab_size;
-    /* what fits: the longest request of the workload, checked before any work */
+    /* what fits: the longest request of the workload (every point serves the
+     * same requests; the warm-up its own), checked before any work */
     ws.rate = INFINITY;
-    request *probe = workload_make(&ws);
+    char err[256];
+    if (!workload_spec_check(&ws, err, sizeof err))
+        upc_usage_fail("%s", err);
+    workload_spec wu = ws;
+    wu.n_requests = (size_t)o.warmup;
+    wu.seed = ws.seed + 7919;
     size_t longest = 0;
     double mean_len = 0;
-    for (size_t i = 0; i < ws.n_requests; i++) {
-        size_t len = probe[i].prompt_len + probe[i].output_len;
-        longest = len > longest ? len : longest;
-        mean_len += (double)len / (double)ws.n_requests;
+    for (int pass = 0; pass < 2; pass++) {
+        const workload_spec *spec = pass ? &wu : &ws;
+        if (!spec->n_requests)
+            continue;
+        request *probe = workload_make(spec);
+        for (size_t i = 0; i < spec->n_requests; i++) {
+            size_t len = probe[i].prompt_len + probe[i].output_len;
+            longest = len > longest ? len : longest;
+            if (!pass)
+                mean_len += (double)len / (double)spec->n_requests;
+        }
+        workload_free(probe, spec->n_requests);
     }
-    workload_free(probe, ws.n_requests);
     if ((int64_t)longest > L.cfg.max_position_embeddings && L.cfg.max_position_embeddings > 0)
         upc_usage_fail("requests of up to %zu tokens (prompt + output) pass %s's context of %lld; raise --scale",
                        longest, L.label, (long long)L.cfg.max_position_embeddings);
@@ -546,10 +567,6 @@ int main(int argc, char **argv)
         bool open_loop = pt < n_rates;
         int closed = open_loop ? 0 : (int)conc[pt - n_rates];
         if (o.warmup) {
-            workload_spec wu = ws;
-            wu.n_requests = (size_t)o.warmup;
-            wu.rate = INFINITY;
-            wu.seed = ws.seed + 7919;
             request *rq = workload_make(&wu);
             live *lv = upc_calloc(wu.n_requests, sizeof *lv);
             serve(&S, rq, wu.n_requests, 0, lv);
@@ -560,7 +577,6 @@ int main(int argc, char **argv)
         }
         workload_spec pw = ws;
         pw.rate = open_loop ? rates[pt] : INFINITY;
-        pw.seed = ws.seed + pt;
         request *rq = workload_make(&pw);
         live *lv = upc_calloc(pw.n_requests, sizeof *lv);
         S.touched_sum = 0;
@@ -580,7 +596,7 @@ int main(int argc, char **argv)
         labels[pt] = upc_strdup(point);
         if (o.per_request)
             for (size_t i = 0; i < pw.n_requests; i++)
-                serve_pack_request(&w.pk, &tm[i], i, L.label);
+                serve_pack_request(&w.pk, &tm[i], i, point);
         serve_pack_summary(&w.pk, &sums[pt], L.label, open_loop ? rates[pt] : INFINITY, closed);
         if (S.touched_steps) {
             /* MoE decode reads only the experts the step's tokens chose */
