@@ -433,7 +433,10 @@ static bool generate_item(evaluator *ev, const icl_query *q, char *const *stop, 
     char *text = NULL;
     size_t len = 0, tcap = 0, bad;
     bpe_decode(ev->tok, (const uint32_t *)out, got, &text, &len, &tcap, &bad);
-    char *cut = icl_cut_generation(text ? text : "", stop, n_stop);
+    /* bpe_decode gives bytes and a length: terminate them for the string functions */
+    upc_grow((void **)&text, &tcap, len + 1, 1);
+    text[len] = 0;
+    char *cut = icl_cut_generation(text, stop, n_stop);
     bool ok = icl_answer_matches(cut, q->answers, q->n_answers);
     *generated = cut;
     free(text);
