@@ -367,6 +367,29 @@ long long upc_parse_int(const char *opt, const char *s, long long lo, long long 
     return v;
 }
 
+long long upc_parse_count(const char *opt, const char *s, long long lo, long long hi)
+{
+    char buf[64];
+    size_t n = strlen(s);
+    if (n > 1 && n < sizeof buf && strchr("KMG", s[n - 1])) {
+        long long mult = s[n - 1] == 'K' ? 1000 : s[n - 1] == 'M' ? 1000000 : 1000000000;
+        memcpy(buf, s, n - 1);
+        buf[n - 1] = 0;
+        char *end;
+        errno = 0;
+        long long v = strtoll(buf, &end, 10);
+        if (*end || errno || v < 0 || v > hi / mult || v * mult < lo)
+            upc_fail(EX_USAGE, "%s: expected a count in [%lld, %lld], got '%s'", opt, lo, hi, s);
+        return v * mult;
+    }
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi)
+        upc_fail(EX_USAGE, "%s: expected a count in [%lld, %lld], got '%s'", opt, lo, hi, s);
+    return v;
+}
+
 double upc_parse_double(const char *opt, const char *s, double lo, double hi)
 {
     char *end;

@@ -92,6 +92,9 @@ void upc_fsync_dir(const char *dir);
 
 /* Parse helpers for options: fail with EX_USAGE naming the option. */
 long long upc_parse_int(const char *opt, const char *s, long long lo, long long hi);
+/* Counts of tokens, steps, items: decimal suffixes K, M, G (x1000), so
+ * "2G" tokens is two billion (upc_parse_int's suffixes are binary, for sizes). */
+long long upc_parse_count(const char *opt, const char *s, long long lo, long long hi);
 double upc_parse_double(const char *opt, const char *s, double lo, double hi);
 
 /* A stable 64-bit hash (xxh64) for splits, digests and shuffles. */

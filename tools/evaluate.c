@@ -75,19 +75,6 @@ static double now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static long long parse_count(const char *opt, const char *s, long long lo, long long hi)
-{
-    char buf[64];
-    size_t n = strlen(s);
-    if (n > 0 && n < sizeof buf && strchr("KMG", s[n - 1])) {
-        long long mult = s[n - 1] == 'K' ? 1000 : s[n - 1] == 'M' ? 1000000 : 1000000000;
-        memcpy(buf, s, n - 1);
-        buf[n - 1] = 0;
-        return upc_parse_int(opt, buf, (lo + mult - 1) / mult, hi / mult) * mult;
-    }
-    return upc_parse_int(opt, s, lo, hi);
-}
-
 static void parse_args(int argc, char **argv, int first, options *o)
 {
     o->ckpts = upc_calloc((size_t)argc, sizeof *o->ckpts);
@@ -115,11 +102,11 @@ static void parse_args(int argc, char **argv, int first, options *o)
         } else if (strcmp(a, "--out") == 0 && more) {
             o->out = argv[++i];
         } else if (strcmp(a, "--tokens") == 0 && more) {
-            o->tokens = parse_count(a, argv[++i], 1, 1e18);
+            o->tokens = upc_parse_count(a, argv[++i], 1, 1e18);
         } else if (strcmp(a, "--limit") == 0 && more) {
-            o->limit = parse_count(a, argv[++i], 1, 1e15);
+            o->limit = upc_parse_count(a, argv[++i], 1, 1e15);
         } else if (strcmp(a, "--max-items") == 0 && more) {
-            o->max_items = parse_count(a, argv[++i], 1, 1e9);
+            o->max_items = upc_parse_count(a, argv[++i], 1, 1e9);
         } else if (strcmp(a, "--seq-len") == 0 && more) {
             o->seq_len = upc_parse_int(a, argv[++i], 2, 1 << 24);
         } else if (strcmp(a, "--batch") == 0 && more) {

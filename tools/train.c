@@ -147,24 +147,6 @@ static void *field(options *o, const opt_spec *s)
     return (char *)o + s->off;
 }
 
-/* Counts take K, M, G suffixes (powers of 1000). */
-static long long parse_count(const char *opt, const char *s, long long lo, long long hi)
-{
-    char buf[64];
-    size_t n = strlen(s);
-    long long mult = 1;
-    if (n > 0 && n < sizeof buf && strchr("KMG", s[n - 1])) {
-        mult = s[n - 1] == 'K' ? 1000 : s[n - 1] == 'M' ? 1000000 : 1000000000;
-        memcpy(buf, s, n - 1);
-        buf[n - 1] = 0;
-        long long v = upc_parse_int(opt, buf, 1, hi / mult);
-        if (v * mult < lo)
-            upc_usage_fail("%s: %s is below %lld", opt, s, lo);
-        return v * mult;
-    }
-    return upc_parse_int(opt, s, lo, hi);
-}
-
 /* realpath results, freed at exit */
 static char *resolved[NSPECS * 4];
 static size_t n_resolved;
@@ -206,7 +188,7 @@ static void parse_args(int argc, char **argv, options *o, bool *given)
         } else if (s->type == OPT_STR)
             *(const char **)field(o, s) = v;
         else if (s->type == OPT_INT)
-            *(long long *)field(o, s) = parse_count(a, v, (long long)s->lo, (long long)s->hi);
+            *(long long *)field(o, s) = upc_parse_count(a, v, (long long)s->lo, (long long)s->hi);
         else
             *(double *)field(o, s) = upc_parse_double(a, v, s->lo, s->hi);
         given[k] = true;
