@@ -1,0 +1,166 @@
+#!/bin/sh
+# pipelines/study.sh: the paper's experiment as a pipeline. Pretrain a dense
+# model; from it, continue pretraining (CPT) and train its sparse upcycle at
+# budgets given as fractions of the pretraining tokens, the upcycled runs'
+# tokens scaled by upcycle's iso-FLOP multiplier so every pair spends the
+# same training FLOPs; evaluate every model; serve the dense model against
+# its top-1 and top-2 upcycles; write the report (pipelines/report.sh).
+#
+# Every step writes its outputs, then a marker in OUT/steps/; a rerun skips
+# steps whose marker exists. A failed step stops the pipeline naming the step
+# and its log (OUT/logs/STEP.log).
+#
+#   SCALE=tiny|micro|small   presets below (default tiny: two cores, minutes)
+#   OUT=DIR                  results (default study-out)
+#   CORPUS="files"           pretraining text (default: fortune files A..L)
+#   CPT_CORPUS="files"       CPT / upcycling text (default: every fortune file,
+#                            a shifted mix, as the paper did on purpose)
+#   SPLIT=MODE               how files divide into documents (default separator=%)
+#   DENSE=DIR                start from this dense checkpoint instead of
+#                            pretraining (its tokenizer.json is used)
+#   FRACTIONS="10 20 ..."    budgets in % of the pretraining tokens
+#   EXPERTS=8 TOPK=2         the upcycle (top-1 is also served)
+#   LR_CPT, LR_UP            peak learning rates (the paper: 5e-5 and 1e-4)
+#   BIN=DIR                  where the tools are (default bin)
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+BIN=${BIN:-$root/bin}
+OUT=${OUT:-study-out}
+SCALE=${SCALE:-tiny}
+SPLIT=${SPLIT:-separator=%}
+PATH="$BIN:$PATH"
+export PATH
+
+case $SCALE in
+micro) # the end-to-end test: seconds
+    CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-2048} BATCH=4 SEQ=64 DENSE_STEPS=${DENSE_STEPS:-12}
+    FRACTIONS=${FRACTIONS:-"50 100"} EXPERTS=${EXPERTS:-4} LR_DENSE=3e-3 EVAL_LIMIT=16 EVAL_SEQ=128
+    SERVE_SCALE=100 SERVE_REQUESTS=6 RATES=${RATES:-"50,inf"} ;;
+tiny) # two cores, about ten minutes
+    CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-8192} BATCH=8 SEQ=128 DENSE_STEPS=${DENSE_STEPS:-200}
+    FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=3e-3 EVAL_LIMIT=200 EVAL_SEQ=128
+    SERVE_SCALE=50 SERVE_REQUESTS=32 RATES=${RATES:-"25,50,100,inf"} ;;
+small) # CPU hours or one GPU
+    CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-16384} BATCH=16 SEQ=512 DENSE_STEPS=${DENSE_STEPS:-3000}
+    FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=1e-3 EVAL_LIMIT=1000 EVAL_SEQ=512
+    SERVE_SCALE=10 SERVE_REQUESTS=64 RATES=${RATES:-"1,2,4,8,inf"} ;;
+*)
+    echo "study: SCALE=$SCALE: expected micro, tiny or small (the paper's scale needs the CUDA backend)" >&2
+    exit 64 ;;
+esac
+TOPK=${TOPK:-2}
+LR_CPT=${LR_CPT:-3e-4}
+LR_UP=${LR_UP:-6e-4}
+
+FORTUNES=/usr/share/games/fortunes
+fortune_files() { find "$FORTUNES" -maxdepth 1 -type f ! -name '*.dat' ! -name '*.u8' | sort; }
+if [ -z "${CORPUS:-}" ]; then
+    CORPUS=$(fortune_files | awk -F/ '$NF < "m"')
+    [ -n "$CORPUS" ] || { echo "study: no corpus: install Debian's fortunes package or set CORPUS" >&2; exit 66; }
+fi
+[ -n "${CPT_CORPUS:-}" ] || CPT_CORPUS=$(fortune_files)
+
+mkdir -p "$OUT/steps" "$OUT/logs" "$OUT/runs" "$OUT/eval" "$OUT/serve"
+
+# step NAME CMD...: run CMD (output to the log) unless NAME is done.
+step() {
+    name=$1
+    shift
+    if [ -e "$OUT/steps/$name" ]; then
+        printf 'study: %-28s done (skipped)\n' "$name" >&2
+        return 0
+    fi
+    printf 'study: %-28s ' "$name" >&2
+    t0=$(date +%s)
+    if "$@" > "$OUT/logs/$name.log" 2>&1; then
+        : > "$OUT/steps/$name"
+        printf '%ss\n' "$(($(date +%s) - t0))" >&2
+    else
+        rc=$?
+        printf 'FAILED (exit %s)\n' "$rc" >&2
+        echo "study: step $name failed; its log is $OUT/logs/$name.log:" >&2
+        tail -n 5 "$OUT/logs/$name.log" | sed 's/^/    /' >&2
+        exit "$rc"
+    fi
+}
+
+# The commands of the steps (each writes only its own outputs).
+make_tokenizer() {
+    # shellcheck disable=SC2086
+    tokenize train --vocab-size "$VOCAB" --split "$SPLIT" -o "$OUT/tokenizer.json" $CORPUS
+}
+make_shards() { # NAME CORPUS...
+    n=$1
+    shift
+    tokenize encode --tokenizer "$OUT/tokenizer.json" --split "$SPLIT" "$@" |
+        shard --force "$OUT/shards-$n"
+}
+pretrain() {
+    train --init "$CONFIG" --tokenizer "$OUT/tokenizer.json" --data "$OUT/shards-pre/train" \
+        --val "$OUT/shards-pre/val" --batch "$BATCH" --seq-len "$SEQ" --steps "$DENSE_STEPS" \
+        --lr "$LR_DENSE" --warmup $((DENSE_STEPS / 10 + 1)) --force --out "$OUT/runs/dense" > "$OUT/runs/dense.mpk"
+}
+upcycle_to() { # K
+    upcycle --experts "$EXPERTS" --top-k "$1" --seq-len "$SEQ" --force "$OUT/runs/dense" \
+        "$OUT/runs/moe0-top$1" > "$OUT/runs/moe0-top$1.upcycle.mpk"
+}
+continue_run() { # NAME FROM TOKENS LR
+    steps=$(( ($3 + BATCH * SEQ / 2) / (BATCH * SEQ) ))   # nearest: equal FLOPs within half a step
+    [ "$steps" -ge 1 ] || steps=1
+    train --from "$2" --data "$OUT/shards-cpt/train" --val "$OUT/shards-cpt/val" --batch "$BATCH" \
+        --seq-len "$SEQ" --steps "$steps" --lr "$4" --warmup $((steps / 10 + 1)) --force \
+        --out "$OUT/runs/$1" > "$OUT/runs/$1.mpk"
+}
+
+if [ -n "${DENSE:-}" ]; then
+    step tokenizer cp "$DENSE/tokenizer.json" "$OUT/tokenizer.json"
+else
+    step tokenizer make_tokenizer
+fi
+# shellcheck disable=SC2086
+step shards-pretrain make_shards pre $CORPUS
+# shellcheck disable=SC2086
+step shards-cpt make_shards cpt $CPT_CORPUS
+step shards-verify sh -c "shard verify '$OUT/shards-pre' && shard verify '$OUT/shards-cpt'"
+if [ -n "${DENSE:-}" ]; then
+    step dense sh -c "rm -rf '$OUT/runs/dense' && cp -r '$DENSE' '$OUT/runs/dense' && : > '$OUT/runs/dense.mpk'"
+else
+    step dense pretrain
+fi
+step upcycle-top2 upcycle_to "$TOPK"
+step upcycle-top1 upcycle_to 1
+
+# budgets: fractions of the pretraining tokens; the upcycled runs get as
+# many tokens as the same FLOPs buy (upcycle's iso-FLOP multiplier)
+dense_tokens=$(records json "$OUT/runs/dense.mpk" | jq -s 'map(select(.event == "train_end")) | last | .tokens // 0')
+[ "$dense_tokens" -gt 0 ] || dense_tokens=$((DENSE_STEPS * BATCH * SEQ))
+mult=$(records json "$OUT/runs/moe0-top$TOPK.upcycle.mpk" | jq '.iso_flop_multiplier')
+for f in $FRACTIONS; do
+    tokens=$((dense_tokens * f / 100))
+    up_tokens=$(awk -v t="$tokens" -v m="$mult" 'BEGIN { printf "%d", t * m }')
+    step "cpt-$f" continue_run "cpt-$f" "$OUT/runs/dense" "$tokens" "$LR_CPT"
+    step "upcycled-$f" continue_run "upcycled-$f" "$OUT/runs/moe0-top$TOPK" "$up_tokens" "$LR_UP"
+done
+
+step tasks evaluate build --force --data "$OUT/shards-cpt/val" --tokenizer "$OUT/tokenizer.json" --out "$OUT/tasks"
+models="$OUT/runs/dense"
+for f in $FRACTIONS; do
+    models="$models $OUT/runs/cpt-$f $OUT/runs/upcycled-$f"
+done
+# shellcheck disable=SC2086
+step evaluate sh -c "evaluate --data '$OUT/shards-cpt/val' --suite '$OUT/tasks/icl_tasks.yaml' \
+    --gauntlet '$OUT/tasks/eval_gauntlet.yaml' --limit $EVAL_LIMIT --seq-len $EVAL_SEQ $models > '$OUT/eval/evaluate.mpk'"
+
+for m in dense "moe0-top1" "moe0-top$TOPK"; do
+    step "serve-$m" sh -c "serve-bench --model '$OUT/runs/$m' --scale $SERVE_SCALE --requests $SERVE_REQUESTS \
+        --rates $RATES --kv-memory 256M > '$OUT/serve/$m.mpk'"
+done
+
+cat > "$OUT/settings.txt" <<EOF
+scale $SCALE; config $(basename "$CONFIG"); vocabulary $VOCAB; batch $BATCH x $SEQ tokens; dense pretraining $DENSE_STEPS steps (lr $LR_DENSE); budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
+EOF
+rm -f "$OUT/steps/report"   # the report is always rebuilt from the records
+step report "$here/report.sh" "$OUT"
+echo "study: the report is $OUT/report.md (figures in $OUT/figures/)" >&2

@@ -1,0 +1,75 @@
+#!/usr/bin/env bats
+# pipelines/study.sh at the micro scale, end to end: every step, every table
+# and figure, the tables consistent with the records, reruns skip finished
+# steps, and a failed step stops the pipeline naming the step and its log.
+
+load helpers
+
+setup_file() {
+    export S="$BATS_FILE_TMPDIR/study"
+    command -v gnuplot > /dev/null || return 0
+    SCALE=micro OUT="$S" BIN="$UPCYC_BIN" "$BATS_TEST_DIRNAME/../pipelines/study.sh" 2> "$BATS_FILE_TMPDIR/first.err"
+}
+
+require_gnuplot() {
+    command -v gnuplot > /dev/null || skip "gnuplot not installed (package gnuplot-nox)"
+}
+
+@test "study: the report, its tables and its figures (PNG and SVG) are all there" {
+    require_gnuplot
+    [ -s "$S/report.md" ]
+    for t in runs pairs serving serve_points loss; do
+        [ -s "$S/tables/$t.tsv" ] || { echo "missing table $t" >&2; return 1; }
+    done
+    for f in improvement ce latency loss; do
+        [ "$(head -c 8 "$S/figures/$f.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || { echo "$f.png is not a PNG" >&2; return 1; }
+        grep -q "<svg" "$S/figures/$f.svg" || { echo "$f.svg is not SVG" >&2; return 1; }
+        grep -q "figures/$f.png" "$S/report.md" || { echo "report.md does not show $f" >&2; return 1; }
+    done
+    # the grid: dense, then CPT and upcycled at 50 and 100 percent
+    [ "$(cut -f1 "$S/tables/runs.tsv" | tail -n +2 | tr '\n' ' ')" = "dense cpt-50 upcycled-50 cpt-100 upcycled-100 " ]
+}
+
+@test "study: tables agree with the records they come from" {
+    require_gnuplot
+    # each run's loss is its evaluate lm record's; improvement is against the dense loss
+    records json "$S/eval/evaluate.mpk" | jq -r 'select(.event == "lm") | [(.model | split("/") | last), .loss] | @tsv' |
+        sort > "$TMP/lm.tsv"
+    tail -n +2 "$S/tables/runs.tsv" | cut -f1,8 | sort > "$TMP/table.tsv"
+    diff "$TMP/lm.tsv" "$TMP/table.tsv"
+    awk -F'\t' 'NR == 2 { d = $8 } NR > 1 { want = (d - $8) / d * 100; x = $11 - want; if (x > 1e-9 || x < -1e-9) exit 1 }' \
+        "$S/tables/runs.tsv"
+    # tokens are the runs' train_end records'; equal FLOPs per budget within one step's FLOPs
+    for run in cpt-100 upcycled-50; do
+        want=$(records json "$S/runs/$run.mpk" | jq 'select(.event == "train_end") | .tokens')
+        [ "$(awk -F'\t' -v r="$run" '$1 == r { print $4 }' "$S/tables/runs.tsv")" = "$want" ]
+    done
+    awk -F'\t' 'NR > 1 { r = $3 / $2; if (r < 0.7 || r > 1.3) exit 1 }' "$S/tables/pairs.tsv"
+    # serving: the maximum over each model's points, and the decrease against dense
+    for m in dense moe0-top1 moe0-top2; do
+        want=$(records json "$S/serve/$m.mpk" | jq -s 'map(select(.event == "sweep_point") | .total_tokens_per_s) | max')
+        got=$(awk -F'\t' -v m="$m" '$1 == m { print $2 }' "$S/tables/serving.tsv")
+        awk -v a="$want" -v b="$got" 'BEGIN { d = a - b; exit !(d < 1e-6 && d > -1e-6) }'
+    done
+    awk -F'\t' '$1 == "dense" { d = $2 } NR > 1 && d { x = $4 - (d - $2) / d * 100; if (x > 1e-9 || x < -1e-9) exit 1 }' \
+        "$S/tables/serving.tsv"
+}
+
+@test "study: a rerun skips every finished step and rebuilds the same report" {
+    require_gnuplot
+    cp "$S/report.md" "$TMP/before.md"
+    run env SCALE=micro OUT="$S" BIN="$UPCYC_BIN" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 0
+    [ "$(printf '%s\n' "$output" | grep -c 'done (skipped)')" -eq 16 ]
+    cmp "$TMP/before.md" "$S/report.md"
+}
+
+@test "study: a failed step stops the pipeline, naming the step and its log" {
+    echo '{"architectures": ["GPT2LMHeadModel"]}' > "$TMP/bad.json"
+    run env SCALE=micro OUT="$TMP/s" CONFIG="$TMP/bad.json" BIN="$UPCYC_BIN" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 65
+    assert_output_contains "study: step dense failed; its log is $TMP/s/logs/dense.log"
+    [ ! -e "$TMP/s/steps/dense" ] && [ -e "$TMP/s/steps/shards-cpt" ]
+    run env SCALE=huge "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 64
+}
