@@ -20,7 +20,7 @@ F=$OUT/figures
 
 # one JSON object per run: kind, fraction, tokens, FLOPs
 for mpk in "$OUT"/runs/*.mpk; do
-    case $mpk in *.upcycle.mpk) continue ;; esac
+    case $mpk in *.upcycle.mpk | */sweep-*) continue ;; esac
     run=$(basename "$mpk" .mpk)
     records json "$mpk" | jq -s -c --arg run "$run" '
         (map(select(.event == "train_start")) | first) as $s
@@ -32,6 +32,17 @@ for mpk in "$OUT"/runs/*.mpk; do
            params: ($s.params // 0), active_params: ($s.active_params // 0)}'
 done > "$T/runs.jsonl"
 records json "$OUT/eval/evaluate.mpk" > "$T/evaluate.jsonl"
+
+# lr_sweep.tsv: the learning-rate sweep, when the study ran one (train's final validation loss)
+rm -f "$T/lr_sweep.tsv"
+for mpk in "$OUT"/runs/sweep-*.mpk; do
+    [ -e "$mpk" ] || continue
+    [ -e "$T/lr_sweep.tsv" ] || printf 'kind\tlr\tval_loss\n' > "$T/lr_sweep.tsv"
+    run=$(basename "$mpk" .mpk)
+    kind=${run#sweep-}
+    printf '%s\t%s\t%s\n' "${kind%-*}" "${kind##*-}" \
+        "$(records json "$mpk" | jq -s 'map(select(.event == "eval")) | last | .loss')" >> "$T/lr_sweep.tsv"
+done
 
 # runs.tsv: the grid with its results; improvement relative to the dense start
 jq -s -r --slurpfile ev "$T/evaluate.jsonl" '
@@ -123,6 +134,12 @@ md() { # TSV: a Markdown table, numbers to 4 significant digits
     echo
     md "$T/runs.tsv"
     echo
+    if [ -e "$T/lr_sweep.tsv" ]; then
+        echo "Learning rates were chosen by a sweep at the smallest budget (final validation loss):"
+        echo
+        md "$T/lr_sweep.tsv"
+        echo
+    fi
     echo "## Upcycled against continued pretraining, at equal FLOPs"
     echo
     md "$T/pairs.tsv"

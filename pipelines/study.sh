@@ -7,8 +7,10 @@
 # its top-1 and top-2 upcycles; write the report (pipelines/report.sh).
 #
 # Every step writes its outputs, then a marker in OUT/steps/; a rerun skips
-# steps whose marker exists. A failed step stops the pipeline naming the step
-# and its log (OUT/logs/STEP.log).
+# steps whose marker exists and whose outputs verify (shards pass `shard
+# verify`, checkpoints have their files, records read back), and runs the
+# others again. A failed step stops the pipeline naming the step and its log
+# (OUT/logs/STEP.log).
 #
 #   SCALE=tiny|micro|small   presets below (default tiny: two cores, minutes)
 #   OUT=DIR                  results (default study-out)
@@ -21,6 +23,8 @@
 #   FRACTIONS="10 20 ..."    budgets in % of the pretraining tokens
 #   EXPERTS=8 TOPK=2         the upcycle (top-1 is also served)
 #   LR_CPT, LR_UP            peak learning rates (the paper: 5e-5 and 1e-4)
+#   LR_SWEEP="a b c"         first train both kinds at the smallest budget with
+#                            each rate and keep the best by validation loss
 #   BIN=DIR                  where the tools are (default bin)
 set -eu
 
@@ -64,19 +68,39 @@ fi
 
 mkdir -p "$OUT/steps" "$OUT/logs" "$OUT/runs" "$OUT/eval" "$OUT/serve"
 
+# Whether the outputs of a finished step are there and sound.
+verify() {
+    case $1 in
+    tokenizer) [ -s "$OUT/tokenizer.json" ] ;;
+    shards-pretrain) shard verify "$OUT/shards-pre" ;;
+    shards-cpt) shard verify "$OUT/shards-cpt" ;;
+    dense | cpt-* | upcycled-* | sweep-*) [ -s "$OUT/runs/$1/config.json" ] && [ -s "$OUT/runs/$1/model.safetensors" ] &&
+        records json "$OUT/runs/$1.mpk" ;;
+    upcycle-top*) [ -s "$OUT/runs/moe0-${1#upcycle-}/config.json" ] ;;
+    tasks) [ -s "$OUT/tasks/icl_tasks.yaml" ] ;;
+    evaluate) records json "$OUT/eval/evaluate.mpk" ;;
+    serve-*) records json "$OUT/serve/${1#serve-}.mpk" ;;
+    *) true ;;
+    esac > /dev/null 2>&1
+}
+
 # step NAME CMD...: run CMD (output to the log) unless NAME is done.
 step() {
     name=$1
     shift
     if [ -e "$OUT/steps/$name" ]; then
-        printf 'study: %-28s done (skipped)\n' "$name" >&2
-        return 0
+        if verify "$name"; then
+            printf 'study: %-28s done (skipped)\n' "$name" >&2
+            return 0
+        fi
+        printf 'study: %-28s outputs missing or damaged: running it again\n' "$name" >&2
+        rm -f "$OUT/steps/$name"
     fi
     printf 'study: %-28s ' "$name" >&2
-    t0=$(date +%s)
+    started=$(date +%s)
     if "$@" > "$OUT/logs/$name.log" 2>&1; then
         : > "$OUT/steps/$name"
-        printf '%ss\n' "$(($(date +%s) - t0))" >&2
+        printf '%ss\n' "$(($(date +%s) - started))" >&2
     else
         rc=$?
         printf 'FAILED (exit %s)\n' "$rc" >&2
@@ -137,6 +161,25 @@ step upcycle-top1 upcycle_to 1
 dense_tokens=$(records json "$OUT/runs/dense.mpk" | jq -s 'map(select(.event == "train_end")) | last | .tokens // 0')
 [ "$dense_tokens" -gt 0 ] || dense_tokens=$((DENSE_STEPS * BATCH * SEQ))
 mult=$(records json "$OUT/runs/moe0-top$TOPK.upcycle.mpk" | jq '.iso_flop_multiplier')
+# a short learning-rate sweep at the smallest budget, when asked for
+if [ -n "${LR_SWEEP:-}" ]; then
+    f0=$(echo $FRACTIONS | tr ' ' '\n' | sort -n | head -1)
+    sweep_tokens=$((dense_tokens * f0 / 100))
+    sweep_up_tokens=$(awk -v t="$sweep_tokens" -v m="$mult" 'BEGIN { printf "%d", t * m }')
+    for lr in $LR_SWEEP; do
+        step "sweep-cpt-$lr" continue_run "sweep-cpt-$lr" "$OUT/runs/dense" "$sweep_tokens" "$lr"
+        step "sweep-upcycled-$lr" continue_run "sweep-upcycled-$lr" "$OUT/runs/moe0-top$TOPK" "$sweep_up_tokens" "$lr"
+    done
+    best() { # KIND: the swept rate with the lowest final validation loss
+        for lr in $LR_SWEEP; do
+            printf '%s\t%s\n' "$lr" "$(records json "$OUT/runs/sweep-$1-$lr.mpk" | jq -s 'map(select(.event == "eval")) | last | .loss')"
+        done | sort -t "$(printf '\t')" -k2,2g | head -1 | cut -f1
+    }
+    LR_CPT=$(best cpt)
+    LR_UP=$(best upcycled)
+    echo "study: learning-rate sweep ($LR_SWEEP) at $f0%: CPT $LR_CPT, upcycled $LR_UP" >&2
+fi
+
 for f in $FRACTIONS; do
     tokens=$((dense_tokens * f / 100))
     up_tokens=$(awk -v t="$tokens" -v m="$mult" 'BEGIN { printf "%d", t * m }')
@@ -159,7 +202,7 @@ for m in dense "moe0-top1" "moe0-top$TOPK"; do
 done
 
 cat > "$OUT/settings.txt" <<EOF
-scale $SCALE; config $(basename "$CONFIG"); vocabulary $VOCAB; batch $BATCH x $SEQ tokens; dense pretraining $DENSE_STEPS steps (lr $LR_DENSE); budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
+scale $SCALE; config $(basename "$CONFIG"); vocabulary $VOCAB; batch $BATCH x $SEQ tokens; dense pretraining $DENSE_STEPS steps (lr $LR_DENSE); budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP${LR_SWEEP:+ (best of $LR_SWEEP)}; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
 EOF
 rm -f "$OUT/steps/report"   # the report is always rebuilt from the records
 step report "$here/report.sh" "$OUT"

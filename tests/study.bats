@@ -64,6 +64,26 @@ require_gnuplot() {
     cmp "$TMP/before.md" "$S/report.md"
 }
 
+@test "study: damaged outputs of a finished step are made again; a learning-rate sweep picks the best rate" {
+    require_gnuplot
+    cp -r "$S" "$TMP/s2"
+    rm "$TMP/s2/runs/cpt-50/model.safetensors"
+    run env SCALE=micro OUT="$TMP/s2" BIN="$UPCYC_BIN" LR_SWEEP="1e-4 3e-3" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 0
+    assert_output_contains "cpt-50                       outputs missing or damaged: running it again"
+    [ -s "$TMP/s2/runs/cpt-50/model.safetensors" ]
+    # the sweep trained both rates for both kinds and kept the lower validation loss
+    for kind in cpt upcycled; do
+        for lr in 1e-4 3e-3; do
+            [ -s "$TMP/s2/runs/sweep-$kind-$lr.mpk" ] || { echo "no sweep run $kind $lr" >&2; return 1; }
+        done
+    done
+    best=$(for lr in 1e-4 3e-3; do
+        printf '%s %s\n' "$lr" "$(records json "$TMP/s2/runs/sweep-cpt-$lr.mpk" | jq -s 'map(select(.event == "eval")) | last | .loss')"
+    done | sort -k2,2g | head -1 | cut -d' ' -f1)
+    assert_output_contains "learning-rate sweep (1e-4 3e-3) at 50%: CPT $best"
+}
+
 @test "study: a failed step stops the pipeline, naming the step and its log" {
     echo '{"architectures": ["GPT2LMHeadModel"]}' > "$TMP/bad.json"
     run env SCALE=micro OUT="$TMP/s" CONFIG="$TMP/bad.json" BIN="$UPCYC_BIN" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
