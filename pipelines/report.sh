@@ -3,7 +3,8 @@
 # pipelines/study.sh): tables as TSV and Markdown, figures with gnuplot (PNG
 # and SVG), and OUT/report.md tying them together.
 #
-#   OUT/tables/runs.tsv      run, kind, fraction, tokens, FLOPs, loss, bpb, core average, improvement
+#   OUT/tables/runs.tsv      run, kind, fraction, tokens, FLOPs, loss, bpb, core average, improvement,
+#                            and train's validation loss averaged over its last three evaluations
 #   OUT/tables/pairs.tsv     CPT against upcycled at equal FLOPs, per budget
 #   OUT/tables/serving.tsv   maximum throughput per model, and its decrease against dense
 #   OUT/figures/improvement  relative improvement against additional training
@@ -29,7 +30,8 @@ for mpk in "$OUT"/runs/*.mpk; do
            kind: ($run | if startswith("cpt") then "cpt" elif startswith("upcycled") then "upcycled" else "dense" end),
            fraction: ($run | capture("-(?<f>[0-9]+)$").f // "0" | tonumber),
            tokens: ($e.tokens // 0), flops: (($e.tokens // 0) * ($s.flops_per_token // 0)),
-           params: ($s.params // 0), active_params: ($s.active_params // 0)}'
+           params: ($s.params // 0), active_params: ($s.active_params // 0),
+           val_last3: (map(select(.event == "eval") | .loss) | .[-3:] | if length > 0 then add / length else null end)}'
 done > "$T/runs.jsonl"
 records json "$OUT/eval/evaluate.mpk" > "$T/evaluate.jsonl"
 
@@ -49,10 +51,10 @@ jq -s -r --slurpfile ev "$T/evaluate.jsonl" '
     ($ev | map(select(.event == "lm")) | map({key: (.model | split("/") | last), value: .}) | from_entries) as $lm
     | ($ev | map(select(.event == "summary")) | map({key: (.model | split("/") | last), value: .}) | from_entries) as $sum
     | ($lm.dense.loss) as $d
-    | ["run", "kind", "fraction_pct", "tokens", "train_flops", "params", "active_params", "loss", "bpb", "core_average", "improvement_pct"],
+    | ["run", "kind", "fraction_pct", "tokens", "train_flops", "params", "active_params", "loss", "bpb", "core_average", "improvement_pct", "val_loss_last3"],
       (sort_by(.kind != "dense", .fraction, .kind)[]
        | [.run, .kind, .fraction, .tokens, .flops, .params, .active_params, $lm[.run].loss, $lm[.run].bpb,
-          $sum[.run].core_average, (($d - $lm[.run].loss) / $d * 100)])
+          $sum[.run].core_average, (($d - $lm[.run].loss) / $d * 100), .val_last3])
     | @tsv' "$T/runs.jsonl" > "$T/runs.tsv"
 
 # pairs.tsv: CPT against upcycled at the same budget (same FLOPs)
@@ -129,8 +131,10 @@ md() { # TSV: a Markdown table, numbers to 4 significant digits
     echo
     echo "Every run starts from the dense model. Budgets are fractions of the dense model's pretraining"
     echo "tokens; an upcycled run gets the tokens its FLOPs buy at the same budget (fewer: its active"
-    echo "parameters cost more per token). Loss and bits per byte are held-out (the CPT corpus's val split);"
-    echo "improvement is relative to the dense model's loss."
+    echo "parameters cost more per token). Loss and bits per byte are held-out (the CPT corpus's val split,"
+    echo "scored by evaluate at the end); improvement is relative to the dense model's loss; val_loss_last3"
+    echo "is train's validation loss (on a fixed part of the split) averaged over the run's last three"
+    echo "evaluations, which is less noisy."
     echo
     md "$T/runs.tsv"
     echo

@@ -41,15 +41,15 @@ case $SCALE in
 micro) # the end-to-end test: seconds
     CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-2048} BATCH=4 SEQ=64 DENSE_STEPS=${DENSE_STEPS:-12}
     FRACTIONS=${FRACTIONS:-"50 100"} EXPERTS=${EXPERTS:-4} LR_DENSE=3e-3 EVAL_LIMIT=16 EVAL_SEQ=128
-    SERVE_SCALE=100 SERVE_REQUESTS=6 RATES=${RATES:-"50,inf"} ;;
+    SERVE_SCALE=100 SERVE_REQUESTS=6 RATES=${RATES:-"50,inf"} TRAIN_EVAL_TOKENS=1024 ;;
 tiny) # two cores, about ten minutes
     CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-8192} BATCH=8 SEQ=128 DENSE_STEPS=${DENSE_STEPS:-200}
     FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=3e-3 EVAL_LIMIT=200 EVAL_SEQ=128
-    SERVE_SCALE=50 SERVE_REQUESTS=32 RATES=${RATES:-"25,50,100,inf"} ;;
+    SERVE_SCALE=50 SERVE_REQUESTS=32 RATES=${RATES:-"25,50,100,inf"} TRAIN_EVAL_TOKENS=8192 ;;
 small) # CPU hours or one GPU
     CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-16384} BATCH=16 SEQ=512 DENSE_STEPS=${DENSE_STEPS:-3000}
     FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=1e-3 EVAL_LIMIT=1000 EVAL_SEQ=512
-    SERVE_SCALE=10 SERVE_REQUESTS=64 RATES=${RATES:-"1,2,4,8,inf"} ;;
+    SERVE_SCALE=10 SERVE_REQUESTS=64 RATES=${RATES:-"1,2,4,8,inf"} TRAIN_EVAL_TOKENS=262144 ;;
 *)
     echo "study: SCALE=$SCALE: expected micro, tiny or small (the paper's scale needs the CUDA backend)" >&2
     exit 64 ;;
@@ -133,9 +133,11 @@ upcycle_to() { # K
 continue_run() { # NAME FROM TOKENS LR
     steps=$(( ($3 + BATCH * SEQ / 2) / (BATCH * SEQ) ))   # nearest: equal FLOPs within half a step
     [ "$steps" -ge 1 ] || steps=1
+    # validation every tenth of the run: the report averages the last three
     train --from "$2" --data "$OUT/shards-cpt/train" --val "$OUT/shards-cpt/val" --batch "$BATCH" \
-        --seq-len "$SEQ" --steps "$steps" --lr "$4" --warmup $((steps / 10 + 1)) --force \
-        --out "$OUT/runs/$1" > "$OUT/runs/$1.mpk"
+        --seq-len "$SEQ" --steps "$steps" --lr "$4" --warmup $((steps / 10 + 1)) \
+        --eval-every $((steps / 10 > 0 ? steps / 10 : 1)) --eval-tokens "$TRAIN_EVAL_TOKENS" \
+        --force --out "$OUT/runs/$1" > "$OUT/runs/$1.mpk"
 }
 
 if [ -n "${DENSE:-}" ]; then

@@ -39,6 +39,13 @@ require_gnuplot() {
     diff "$TMP/lm.tsv" "$TMP/table.tsv"
     awk -F'\t' 'NR == 2 { d = $8 } NR > 1 { want = (d - $8) / d * 100; x = $11 - want; if (x > 1e-9 || x < -1e-9) exit 1 }' \
         "$S/tables/runs.tsv"
+    # val_loss_last3: the mean of the run's last three eval records
+    for run in cpt-50 upcycled-100; do
+        want=$(records json "$S/runs/$run.mpk" | jq -s 'map(select(.event == "eval") | .loss) | .[-3:] | add / length')
+        got=$(awk -F'\t' -v r="$run" '$1 == r { print $12 }' "$S/tables/runs.tsv")
+        awk -v a="$want" -v b="$got" 'BEGIN { d = a - b; exit !(d < 1e-9 && d > -1e-9) }' || { echo "$run: $got, want $want" >&2; return 1; }
+    done
+    [ "$(records json "$S/runs/cpt-100.mpk" | jq -s 'map(select(.event == "eval")) | length')" -ge 3 ]
     # tokens are the runs' train_end records'; equal FLOPs per budget within one step's FLOPs
     for run in cpt-100 upcycled-50; do
         want=$(records json "$S/runs/$run.mpk" | jq 'select(.event == "train_end") | .tokens')
