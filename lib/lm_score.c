@@ -102,6 +102,31 @@ void lm_score_seqs(model *m, const lm_seq *seqs, size_t n, int batch, int max_le
     free(order);
 }
 
+double lm_heldout_loss(model *m, loader *L, size_t B, size_t T, uint64_t max_tokens, long long *n_targets)
+{
+    uint64_t steps = loader_steps(L, 0);
+    if (max_tokens > 0) {
+        uint64_t want = (max_tokens + B * T - 1) / (B * T);
+        steps = want < steps ? want : steps;
+    }
+    loader_seek(L, (loader_cursor){0, 0});
+    int32_t *ids = upc_malloc(B * T * sizeof *ids), *targets = upc_malloc(B * T * sizeof *targets);
+    double sum = 0;
+    long long n = 0;
+    for (uint64_t s = 0; s < steps; s++) {
+        if (!loader_batch_windows(loader_next(L), T, 0, B, ids, targets))
+            continue;
+        model_loss l;
+        model_forward(m, ids, targets, (int)B, (int)T, &l);
+        sum += l.ce * (double)l.n_targets;
+        n += l.n_targets;
+    }
+    free(ids);
+    free(targets);
+    *n_targets = n;
+    return n ? sum / (double)n : NAN;
+}
+
 size_t lm_greedy(model *m, const int32_t *ids, int len, int max_len, int max_new,
                  bool (*stop)(void *ctx, const int32_t *out, size_t count), void *ctx, int32_t *out)
 {

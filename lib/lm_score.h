@@ -10,6 +10,7 @@
 #ifndef UPCYC_LM_SCORE_H
 #define UPCYC_LM_SCORE_H
 
+#include "loader.h"
 #include "model.h"
 
 #include <stdbool.h>
@@ -31,6 +32,13 @@ typedef struct {
 /* Score n sequences, at most `batch` per forward, windows of at most
  * max_len tokens (the model's context). */
 void lm_score_seqs(model *m, const lm_seq *seqs, size_t n, int batch, int max_len, lm_seq_score *out);
+
+/* Held-out cross-entropy: the mean over every target token of the first
+ * batches of epoch 0 of L (a loader of B windows of T tokens, pad_tail so
+ * the whole split counts) up to about max_tokens targets (0: the whole
+ * epoch; rounded up to whole batches). The same windows every call (the
+ * loader is rewound). *n_targets gets the tokens scored; NAN when none. */
+double lm_heldout_loss(model *m, loader *L, size_t B, size_t T, uint64_t max_tokens, long long *n_targets);
 
 /* Greedy decoding after ids[0..len): appends up to max_new tokens into out
  * and returns how many; stops early after a token for which stop(ctx, out,

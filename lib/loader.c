@@ -314,6 +314,23 @@ void loader_close(loader *L)
     free(L);
 }
 
+size_t loader_batch_windows(const loader_batch *b, size_t T, size_t first, size_t n, int32_t *ids,
+                            int32_t *targets)
+{
+    size_t count = 0;
+    for (size_t w = 0; w < n; w++) {
+        const uint32_t *tok = b->tokens + (first + w) * (T + 1);
+        uint32_t valid = b->valid[first + w];
+        for (size_t t = 0; t < T; t++) {
+            ids[w * T + t] = (int32_t)tok[t];
+            bool target = t + 1 < valid;
+            targets[w * T + t] = target ? (int32_t)tok[t + 1] : -1;
+            count += target;
+        }
+    }
+    return count;
+}
+
 const shard_index *loader_index(const loader *L)
 {
     return &L->ix;

@@ -63,6 +63,13 @@ uint64_t loader_steps(const loader *L, uint64_t epoch);
  * chunk fails the tool with EX_DATAERR naming the file, frame and offset. */
 const loader_batch *loader_next(loader *L);
 
+/* Model inputs of windows [first, first + n) of a batch of T-token windows:
+ * ids [n][T] the window's first T tokens, targets [n][T] the next ones, -1
+ * past the window's valid tokens (pad_tail). Returns the targets that are
+ * not -1. */
+size_t loader_batch_windows(const loader_batch *b, size_t T, size_t first, size_t n, int32_t *ids,
+                            int32_t *targets);
+
 loader_cursor loader_tell(const loader *L);
 void loader_seek(loader *L, loader_cursor c);
 /* The cursor with what it depends on (seed, B, T, rank, world, the split's

@@ -357,11 +357,18 @@ long long upc_parse_int(const char *opt, const char *s, long long lo, long long 
 {
     char *end;
     errno = 0;
-    long long v = strtoll(s, &end, 10);
+    long long v = strtoll(s, &end, 10), mult = 1;
     /* Accept binary suffixes: 64k, 16M, 2G. */
-    if (end != s && (*end == 'k' || *end == 'K')) { v *= 1024; end++; }
-    else if (end != s && (*end == 'm' || *end == 'M')) { v *= 1024 * 1024; end++; }
-    else if (end != s && (*end == 'g' || *end == 'G')) { v *= 1024LL * 1024 * 1024; end++; }
+    if (end != s && (*end == 'k' || *end == 'K'))
+        mult = 1024, end++;
+    else if (end != s && (*end == 'm' || *end == 'M'))
+        mult = 1024 * 1024, end++;
+    else if (end != s && (*end == 'g' || *end == 'G'))
+        mult = 1024LL * 1024 * 1024, end++;
+    if (v > LLONG_MAX / mult || v < LLONG_MIN / mult)
+        errno = ERANGE;
+    else
+        v *= mult;
     if (end == s || *end || errno || v < lo || v > hi)
         upc_fail(EX_USAGE, "%s: expected an integer in [%lld, %lld], got '%s'", opt, lo, hi, s);
     return v;

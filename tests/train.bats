@@ -183,7 +183,9 @@ losses() {
         sleep 0.05
     done
     kill -KILL $pid
-    wait $pid || true
+    local rc=0
+    wait $pid || rc=$?
+    [ "$rc" -eq 137 ]   # killed mid-run, not finished
     local at
     at=$(jq .step "$TMP/b/trainer_state.json")
     [ "$at" -ge 8 ] && [ $((at % 4)) -eq 0 ]

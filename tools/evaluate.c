@@ -291,36 +291,9 @@ static void eval_lm(evaluator *ev)
         bytes += docs[i].bytes;
     free(docs);
     uint64_t split_tokens = ix->ntokens;   /* ix goes with the loader */
-    size_t B = (size_t)o->batch, T = (size_t)ev->max_len;
-    uint64_t steps = loader_steps(L, 0);
-    if (o->tokens > 0) {
-        uint64_t want = ((uint64_t)o->tokens + B * T - 1) / (B * T);
-        steps = want < steps ? want : steps;
-    }
-    int32_t *ids = upc_malloc(B * T * sizeof *ids), *tg = upc_malloc(B * T * sizeof *tg);
-    double sum = 0;
-    long long n = 0;
-    for (uint64_t s = 0; s < steps; s++) {
-        const loader_batch *b = loader_next(L);
-        long long cnt = 0;
-        for (size_t w = 0; w < B; w++)
-            for (size_t t = 0; t < T; t++) {
-                const uint32_t *tok = b->tokens + w * (T + 1);
-                ids[w * T + t] = (int32_t)tok[t];
-                tg[w * T + t] = t + 1 < b->valid[w] ? (int32_t)tok[t + 1] : -1;
-                cnt += tg[w * T + t] >= 0;
-            }
-        if (!cnt)
-            continue;
-        model_loss l;
-        model_forward(ev->m, ids, tg, (int)B, (int)T, &l);
-        sum += l.ce * (double)l.n_targets;
-        n += l.n_targets;
-    }
+    long long n;
+    double loss = lm_heldout_loss(ev->m, L, (size_t)o->batch, (size_t)ev->max_len, (uint64_t)o->tokens, &n);
     loader_close(L);
-    free(ids);
-    free(tg);
-    double loss = n ? sum / (double)n : NAN;
     /* bits per byte: nats per token over bytes per token of the split (its
      * documents' source bytes over its tokens, EOS included) */
     double bpb = loss / log(2.0) / ((double)bytes / (double)split_tokens);
@@ -346,27 +319,41 @@ static void encode(evaluator *ev, const char *text, uint32_t **buf, size_t *n, s
     bpe_encode(ev->tok, ev->scratch, text, strlen(text), false, buf, n, cap);
 }
 
+/* A candidate's context, appended to buf: as LLM Foundry, the prompt and
+ * few-shot examples and the rest of the context are encoded apart and
+ * their ids joined. */
+static void encode_context(evaluator *ev, const icl_query *q, size_t c, uint32_t **buf, size_t *n, size_t *cap)
+{
+    const char *ctxt = q->cands[c].context;
+    size_t pre = q->preamble_len <= strlen(ctxt) ? q->preamble_len : 0;
+    bpe_encode(ev->tok, ev->scratch, ctxt, pre, false, buf, n, cap);
+    encode(ev, ctxt + pre, buf, n, cap);
+}
+
+/* ids[0..n) behind the lead token every scored sequence starts with. */
+static int32_t *with_lead(const evaluator *ev, const uint32_t *ids, size_t n)
+{
+    int32_t *out = upc_malloc((n + 1) * sizeof *out);
+    out[0] = ev->lead;
+    for (size_t i = 0; i < n; i++)
+        out[i + 1] = (int32_t)ids[i];
+    return out;
+}
+
 /* The sequences of one query: [lead] context continuation, per candidate. */
 static void query_seqs(evaluator *ev, const icl_query *q, lm_seq *seqs, int32_t **store)
 {
     uint32_t *buf = NULL;
     size_t cap = 0;
     for (size_t c = 0; c < q->n; c++) {
-        /* as Foundry: the prompt and examples, the rest of the context and the
-         * continuation are encoded apart and their ids joined */
+        /* the continuation is encoded apart too */
         size_t n = 0;
-        const char *ctxt = q->cands[c].context;
-        size_t pre = q->preamble_len <= strlen(ctxt) ? q->preamble_len : 0;
-        bpe_encode(ev->tok, ev->scratch, ctxt, pre, false, &buf, &n, &cap);
-        encode(ev, ctxt + pre, &buf, &n, &cap);
+        encode_context(ev, q, c, &buf, &n, &cap);
         size_t ctx = n;
         encode(ev, q->cands[c].continuation, &buf, &n, &cap);
         if (n == ctx)
             upc_fail(EX_DATAERR, "a candidate continuation encodes to no tokens: \"%.60s\"", q->cands[c].continuation);
-        int32_t *ids = upc_malloc((n + 1) * sizeof *ids);
-        ids[0] = ev->lead;
-        for (size_t i = 0; i < n; i++)
-            ids[i + 1] = (int32_t)buf[i];
+        int32_t *ids = with_lead(ev, buf, n);
         store[c] = ids;
         seqs[c] = (lm_seq){ids, (int)n + 1, (int)ctx + 1};
     }
@@ -397,10 +384,7 @@ static bool generate_item(evaluator *ev, const icl_query *q, char *const *stop, 
 {
     uint32_t *buf = NULL;
     size_t n = 0, cap = 0;
-    const char *ctxt = q->cands[0].context;
-    size_t pre = q->preamble_len <= strlen(ctxt) ? q->preamble_len : 0;
-    bpe_encode(ev->tok, ev->scratch, ctxt, pre, false, &buf, &n, &cap);   /* apart, as in query_seqs */
-    encode(ev, ctxt + pre, &buf, &n, &cap);
+    encode_context(ev, q, 0, &buf, &n, &cap);
     size_t longest = 0;
     for (size_t a = 0; a < q->n_answers; a++) {
         size_t m = 0, c2 = 0;
@@ -409,10 +393,7 @@ static bool generate_item(evaluator *ev, const icl_query *q, char *const *stop, 
         longest = m > longest ? m : longest;
         free(ab);
     }
-    int32_t *ids = upc_malloc((n + 1) * sizeof *ids);
-    ids[0] = ev->lead;
-    for (size_t i = 0; i < n; i++)
-        ids[i + 1] = (int32_t)buf[i];
+    int32_t *ids = with_lead(ev, buf, n);
     int max_new = (int)longest + 4;
     int32_t *out = upc_malloc((size_t)max_new * sizeof *out);
     stop_ctx sc = {ev, stop, n_stop};

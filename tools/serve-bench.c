@@ -81,24 +81,6 @@ static double now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static unsigned long long parse_size(const char *opt, const char *s)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10), mult = 1;
-    if (*end == 'K')
-        mult = 1ULL << 10;
-    else if (*end == 'M')
-        mult = 1ULL << 20;
-    else if (*end == 'G')
-        mult = 1ULL << 30;
-    if (mult > 1)
-        end++;
-    if (errno || end == s || *end || v == 0 || s[0] == '-' || v > (1ULL << 50) / mult)
-        upc_usage_fail("%s: expected a size in bytes with K, M or G, got '%s'", opt, s);
-    return v * mult;
-}
-
 /* "a,b,c" -> doubles (inf allowed for rates); fails naming the option. */
 static double *parse_list(const char *opt, const char *s, size_t *n, bool allow_inf)
 {
@@ -173,7 +155,7 @@ static void parse_args(int argc, char **argv, int first, options *o)
         } else if (strcmp(a, "--max-tokens") == 0) {
             o->max_tokens = upc_parse_int(a, argv[++i], 1, 1 << 20);
         } else if (strcmp(a, "--kv-memory") == 0) {
-            o->kv_memory = parse_size(a, argv[++i]);
+            o->kv_memory = (unsigned long long)upc_parse_int(a, argv[++i], 1, 1LL << 50);
         } else {
             upc_usage_fail("unknown option '%s'", a);
         }

@@ -1,6 +1,7 @@
 /* train: pretrain a dense model from a config, continue pretraining a
  * checkpoint, or train an upcycled MoE checkpoint; save, resume exactly. */
 #include "bpe.h"
+#include "lm_score.h"
 #include "loader.h"
 #include "lr_schedule.h"
 #include "model.h"
@@ -470,25 +471,6 @@ static void save_checkpoint(run *r)
     r->saved = true;
 }
 
-/* ids/targets of windows [first, first + n) of the batch; positions past a
- * window's valid tokens are ignored targets (-1) and EOS ids. */
-static long long fill_micro(run *r, const loader_batch *b, size_t first, size_t n)
-{
-    size_t T = (size_t)r->o.seq_len;
-    long long count = 0;
-    for (size_t w = 0; w < n; w++) {
-        const uint32_t *tok = b->tokens + (first + w) * (T + 1);
-        uint32_t valid = b->valid[first + w];
-        for (size_t t = 0; t < T; t++) {
-            r->ids[w * T + t] = (int32_t)tok[t];
-            bool target = t + 1 < valid;
-            r->targets[w * T + t] = target ? (int32_t)tok[t + 1] : -1;
-            count += target;
-        }
-    }
-    return count;
-}
-
 static void pack_eval(run *r, double ce, long long n_targets, double wall)
 {
     msgpack_packer *pk = &r->rec.pk;
@@ -510,27 +492,9 @@ static void evaluate(run *r)
     if (!r->val)
         return;
     double t0 = now();
-    size_t mb = (size_t)r->o.micro_batch, T = (size_t)r->o.seq_len;
-    uint64_t steps = loader_steps(r->val, 0);
-    if (r->o.eval_tokens > 0) {
-        uint64_t want = ((uint64_t)r->o.eval_tokens + mb * T - 1) / (mb * T);
-        if (want < steps)
-            steps = want;
-    }
-    loader_seek(r->val, (loader_cursor){0, 0});
-    double sum = 0;
-    long long n = 0;
-    for (uint64_t s = 0; s < steps; s++) {
-        const loader_batch *b = loader_next(r->val);
-        long long cnt = fill_micro(r, b, 0, mb);
-        if (!cnt)
-            continue;
-        model_loss loss;
-        model_forward(r->m, r->ids, r->targets, (int)mb, (int)T, &loss);
-        sum += loss.ce * (double)loss.n_targets;
-        n += loss.n_targets;
-    }
-    double ce = n ? sum / (double)n : NAN;
+    long long n;
+    double ce = lm_heldout_loss(r->m, r->val, (size_t)r->o.micro_batch, (size_t)r->o.seq_len,
+                                (uint64_t)r->o.eval_tokens, &n);
     pack_eval(r, ce, n, now() - t0);
     if (r->tty)
         fprintf(stderr, "\r\033[Ktrain: step %lld  val loss %.4f  ppl %.2f  (%lld tokens)\n", r->st.step, ce, exp(ce),
@@ -640,7 +604,7 @@ static void train_step(run *r, long long step)
     }
     model_zero_grads(m);
     for (size_t a = 0; a < accum; a++) {
-        step_tokens += fill_micro(r, b, a * mb, mb);
+        step_tokens += (long long)loader_batch_windows(b, T, a * mb, mb, r->ids, r->targets);
         model_loss l;
         model_forward(m, r->ids, r->targets, (int)mb, (int)T, &l);
         /* full windows: every micro-batch has mb*T targets, so the batch

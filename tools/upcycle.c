@@ -45,25 +45,6 @@ static const char usage[] =
     "  -h, --help           show this help\n"
     "  --version            show the version\n";
 
-static uint64_t parse_size(const char *opt, const char *s)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    uint64_t mult = 1;
-    if (*end == 'K' || *end == 'k')
-        mult = 1ULL << 10;
-    else if (*end == 'M' || *end == 'm')
-        mult = 1ULL << 20;
-    else if (*end == 'G' || *end == 'g')
-        mult = 1ULL << 30;
-    if (mult > 1)
-        end++;
-    if (errno || end == s || *end || v == 0 || v > UINT64_MAX / mult || s[0] == '-')
-        upc_usage_fail("%s: expected a positive size in bytes (suffix K, M or G), got '%s'", opt, s);
-    return v * mult;
-}
-
 /* Copy DENSE_DIR/name into dir when present (atomically, like every output). */
 static void copy_if_present(const char *from_dir, const char *to_dir, const char *name)
 {
@@ -168,7 +149,7 @@ int main(int argc, char **argv)
             else
                 upc_usage_fail("--dtype: expected f32, bf16, f16 or same, got '%s'", v);
         } else if (strcmp(a, "--shard-size") == 0 && more) {
-            shard_bytes = parse_size(a, argv[++i]);
+            shard_bytes = (uint64_t)upc_parse_int(a, argv[++i], 1, INT64_MAX);
         } else if (strcmp(a, "--seq-len") == 0 && more) {
             seq_len = upc_parse_int(a, argv[++i], 1, INT32_MAX);
         } else if (a[0] == '-' && a[1]) {

@@ -9,6 +9,7 @@
 #include "lm_score.h"
 #include "model.h"
 #include "test_harness.h"
+#include "tiny_model.h"
 #include "util.h"
 
 #include <math.h>
@@ -16,39 +17,6 @@
 #include <string.h>
 
 enum { V = 53, LEN = 37 };
-
-static model *tiny(int E, int kk, uint64_t seed)
-{
-    model_config c;
-    mc_init(&c, E > 0);
-    c.vocab_size = V;
-    c.hidden_size = 16;
-    c.intermediate_size = 24;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.max_position_embeddings = 128;
-    if (E) {
-        c.num_local_experts = E;
-        c.num_experts_per_tok = kk;
-    }
-    mc_validate(&c, "tiny");
-    model *m = model_create(kernels_cpu(), &c);
-    mc_free(&c);
-    model_init_weights(m, seed);
-    for (size_t i = 0; i < m->n_tensors; i++) {   /* peaked distributions */
-        const model_tensor *t = &m->tensors[i];
-        if (t->ndim < 2)
-            continue;
-        float *h = upc_malloc(t->numel * sizeof *h);
-        model_get_param(m, t, h);
-        for (size_t j = 0; j < t->numel; j++)
-            h[j] *= 15.0f;
-        model_set_param(m, t, h);
-        free(h);
-    }
-    return m;
-}
 
 /* Full-forward logits of ids[0..n): host [n][V]. */
 static float *reference(model *m, const int32_t *ids, int n)
@@ -200,7 +168,7 @@ static void check_greedy(model *m)
 int main(void)
 {
     upc_init("test_engine");
-    model *dense = tiny(0, 0, 3), *moe = tiny(4, 2, 4);
+    model *dense = tiny_random_model(V, 0, 0, 3, 15.0f), *moe = tiny_random_model(V, 4, 2, 4, 15.0f);
     check_model("dense", dense);
     check_model("moe E4 k2", moe);
     check_greedy(dense);

@@ -5,6 +5,7 @@
 #include "lm_score.h"
 #include "model.h"
 #include "test_harness.h"
+#include "tiny_model.h"
 #include "util.h"
 
 #include <math.h>
@@ -12,36 +13,6 @@
 #include <string.h>
 
 enum { V = 41 };
-
-static model *tiny(void)
-{
-    model_config c;
-    mc_init(&c, false);
-    c.vocab_size = V;
-    c.hidden_size = 16;
-    c.intermediate_size = 24;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.max_position_embeddings = 256;
-    mc_validate(&c, "tiny");
-    model *m = model_create(kernels_cpu(), &c);
-    mc_free(&c);
-    model_init_weights(m, 5);
-    /* larger weights: peaked distributions, so argmax and sums are tested */
-    for (size_t i = 0; i < m->n_tensors; i++) {
-        const model_tensor *t = &m->tensors[i];
-        if (t->ndim < 2)
-            continue;
-        float *h = upc_malloc(t->numel * sizeof *h);
-        model_get_param(m, t, h);
-        for (size_t j = 0; j < t->numel; j++)
-            h[j] *= 20.0f;
-        model_set_param(m, t, h);
-        free(h);
-    }
-    return m;
-}
 
 /* The reference: one forward over exactly the kept tokens, full logits. */
 static lm_seq_score reference(model *m, const lm_seq *s, int max_len)
@@ -78,7 +49,7 @@ static bool stop_at_7(void *ctx, const int32_t *out, size_t n)
 int main(void)
 {
     upc_init("test_lm_score");
-    model *m = tiny();
+    model *m = tiny_random_model(V, 0, 0, 5, 20.0f);
     enum { N = 9, MAXLEN = 40 };
     int lens[N] = {2, 5, 17, 33, 40, 41, 60, 8, 23};
     lm_seq seqs[N];
