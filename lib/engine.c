@@ -19,6 +19,7 @@ struct engine {
     bool *open;
     int32_t *free_blocks;           /* stack */
     size_t n_free;
+    int32_t *refs;                  /* host [n_blocks]: sequences holding each block */
     /* step workspace (device), max_rows rows */
     int32_t *ids, *slots, *row_seq, *row_pos;
     float *x, *h, *q, *k, *v, *att, *rstd, *gate, *up, *act, *sel, *logits;
@@ -82,6 +83,7 @@ engine *engine_create(model *m, const engine_config *cfg)
     for (size_t b = 0; b < c->n_blocks; b++)
         e->free_blocks[b] = (int32_t)(c->n_blocks - 1 - b);
     e->n_free = c->n_blocks;
+    e->refs = upc_calloc(c->n_blocks, sizeof *e->refs);
 
     size_t R = (size_t)c->max_rows, d = (size_t)m->d, F = (size_t)m->F, V = (size_t)m->V;
     size_t qd = (size_t)m->Hq * m->hd, E = (size_t)(m->E > 0 ? m->E : 1), kk = (size_t)(m->kk > 0 ? m->kk : 1);
@@ -138,7 +140,7 @@ void engine_free(engine *e)
                     e->topk_idx, e->counts, e->offs, e->perm, e->pos, e->xs, e->gate_s, e->up_s, e->act_s, e->ys};
     for (size_t i = 0; i < sizeof devs / sizeof *devs; i++)
         K->free(K, devs[i]);
-    free(e->kc), free(e->vc), free(e->table), free(e->len), free(e->open), free(e->free_blocks);
+    free(e->kc), free(e->vc), free(e->table), free(e->len), free(e->open), free(e->free_blocks), free(e->refs);
     free(e->h_slots), free(e->h_pos), free(e->touched);
     free(e);
 }
@@ -174,6 +176,26 @@ int engine_open(engine *e)
     return -1;
 }
 
+int engine_fork(engine *e, int parent, int n)
+{
+    if (parent < 0 || parent >= e->c.max_seqs || !e->open[parent])
+        upc_fail(EX_SOFTWARE, "engine: forking sequence %d, which is not open", parent);
+    if (n < 0 || n > e->len[parent] || n % e->c.block_size)
+        upc_fail(EX_SOFTWARE, "engine: forking %d tokens of sequence %d (length %d, blocks of %d)", n, parent,
+                 e->len[parent], e->c.block_size);
+    int s = engine_open(e);
+    if (s < 0)
+        return -1;
+    const int32_t *from = e->table + (size_t)parent * e->max_blocks;
+    int32_t *to = e->table + (size_t)s * e->max_blocks;
+    for (int b = 0; b < n / e->c.block_size; b++) {
+        to[b] = from[b];
+        e->refs[to[b]]++;
+    }
+    e->len[s] = n;
+    return s;
+}
+
 void engine_close(engine *e, int seq)
 {
     if (seq < 0 || seq >= e->c.max_seqs || !e->open[seq])
@@ -181,7 +203,8 @@ void engine_close(engine *e, int seq)
     int32_t *t = e->table + (size_t)seq * e->max_blocks;
     for (int b = 0; b < e->max_blocks; b++)
         if (t[b] >= 0) {
-            e->free_blocks[e->n_free++] = t[b];
+            if (--e->refs[t[b]] == 0)
+                e->free_blocks[e->n_free++] = t[b];
             t[b] = -1;
         }
     e->open[seq] = false;
@@ -221,6 +244,9 @@ static void place_rows(engine *e, const int *seqs, int n)
             if (!e->n_free)
                 upc_fail(EX_SOFTWARE, "engine: out of KV blocks (check engine_can_append)");
             *entry = e->free_blocks[--e->n_free];
+            e->refs[*entry] = 1;
+        } else if (e->refs[*entry] > 1) {
+            upc_fail(EX_SOFTWARE, "engine: sequence %d writes position %d into a block it shares", s, p);
         }
         e->h_slots[r] = *entry * e->c.block_size + p % e->c.block_size;
         e->h_pos[r] = p;

@@ -48,6 +48,13 @@ size_t engine_free_blocks(const engine *e);
 
 /* A free sequence slot (length 0), or -1 when all max_seqs are in use. */
 int engine_open(engine *e);
+/* A new sequence whose first n tokens are those of parent: it shares the
+ * parent's first n / block_size blocks (n a multiple of block_size, at most
+ * the parent's length), so they are neither recomputed nor copied. Shared
+ * blocks are full, and every later write goes to a block of its own, so no
+ * copy-on-write is needed; a block returns to the pool when the last
+ * sequence holding it closes. -1 when all max_seqs slots are in use. */
+int engine_fork(engine *e, int parent, int n);
 void engine_close(engine *e, int seq);
 int engine_seq_len(const engine *e, int seq);
 /* Whether seq can take n more tokens now (free blocks, max_len). */

@@ -58,6 +58,15 @@ void cpu_paged_attention(const upc_kernels *K, const float *q, const float *kcac
                          int block_size, const int32_t *row_seq, const int32_t *row_pos, int rows,
                          int Hq, int Hkv, int hd, float *out);
 /* kernels_cpu_attention.c */
+enum { CPU_ATTENTION_ROWS = 128 };   /* query rows per SGEMM block */
+/* One query head's causal attention as SGEMM blocks: query rows i < rows
+ * (stride qs) at positions pos0 + i attend keys and values 0..pos0 + i
+ * (stride ks); out rows (stride qs) and, when lse is not NULL, the
+ * logsumexp of each row's scaled scores. S: scratch of CPU_ATTENTION_ROWS
+ * * (pos0 + rows) floats. Shared by attention_fwd and the prefill runs of
+ * paged_attention. */
+void cpu_attention_causal_head(const float *q, size_t qs, const float *k, const float *v, size_t ks, int pos0,
+                               int rows, int hd, float scale, float *out, float *lse, float *S);
 void cpu_attention_fwd(const upc_kernels *K, const float *q, const float *k,
                        const float *v, float *out, float *lse, int B, int T,
                        int Hq, int Hkv, int hd);

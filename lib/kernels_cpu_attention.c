@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { ROWS = 128 };   /* query rows per block */
-
 static void check_shape(const char *kernel, int B, int T, int Hq, int Hkv, int hd)
 {
     CPU_REQUIRE(B >= 0 && T >= 0 && Hq > 0 && Hkv > 0 && hd > 0, kernel, "bad size");
@@ -30,6 +28,36 @@ static void mm(int ta, int tb, int m, int n, int k, float alpha, const float *A,
                 alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
+void cpu_attention_causal_head(const float *q, size_t qs, const float *k, const float *v, size_t ks, int pos0,
+                               int rows, int hd, float scale, float *out, float *lse, float *S)
+{
+    for (int t0 = 0; t0 < rows; t0 += CPU_ATTENTION_ROWS) {
+        int t1 = t0 + CPU_ATTENTION_ROWS < rows ? t0 + CPU_ATTENTION_ROWS : rows, nr = t1 - t0;
+        int keys = pos0 + t1;
+        mm(0, 1, nr, keys, hd, scale, q + (size_t)t0 * qs, qs, k, ks, 0.0f, S, (size_t)keys);
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < nr; r++) {
+            float *s = S + (size_t)r * keys;
+            int last = pos0 + t0 + r;   /* keys 0..last are visible */
+            float m = -INFINITY;
+            for (int j = 0; j <= last; j++)
+                m = s[j] > m ? s[j] : m;
+            double l = 0.0;
+            for (int j = 0; j <= last; j++) {
+                s[j] = expf(s[j] - m);
+                l += s[j];
+            }
+            float inv = (float)(1.0 / l);
+            for (int j = 0; j <= last; j++)
+                s[j] *= inv;
+            memset(s + last + 1, 0, (size_t)(keys - last - 1) * sizeof(float));
+            if (lse)
+                lse[t0 + r] = m + (float)log(l);
+        }
+        mm(0, 0, nr, hd, keys, 1.0f, S, (size_t)keys, v, ks, 0.0f, out + (size_t)t0 * qs, qs);
+    }
+}
+
 void cpu_attention_fwd(const upc_kernels *K, const float *q, const float *k,
                        const float *v, float *out, float *lse, int B, int T,
                        int Hq, int Hkv, int hd)
@@ -40,37 +68,13 @@ void cpu_attention_fwd(const upc_kernels *K, const float *q, const float *k,
     const int group = Hq / Hkv;
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t qs = (size_t)Hq * hd, ks = (size_t)Hkv * hd; /* token strides */
-    float *S = upc_malloc((size_t)ROWS * T * sizeof(float));
+    float *S = upc_malloc((size_t)CPU_ATTENTION_ROWS * T * sizeof(float));
     for (int b = 0; b < B; b++)
         for (int h = 0; h < Hq; h++) {
             const float *kb = k + (size_t)b * T * ks + (size_t)(h / group) * hd;
             const float *vb = v + (size_t)b * T * ks + (size_t)(h / group) * hd;
-            for (int t0 = 0; t0 < T; t0 += ROWS) {
-                int t1 = t0 + ROWS < T ? t0 + ROWS : T, rows = t1 - t0;
-                const float *qb = q + ((size_t)b * T + t0) * qs + (size_t)h * hd;
-                float *ob = out + ((size_t)b * T + t0) * qs + (size_t)h * hd;
-                float *lb = lse + ((size_t)b * Hq + h) * T + t0;
-                mm(0, 1, rows, t1, hd, scale, qb, qs, kb, ks, 0.0f, S, (size_t)t1);
-#pragma omp parallel for schedule(static)
-                for (int r = 0; r < rows; r++) {
-                    float *s = S + (size_t)r * t1;
-                    int last = t0 + r;   /* keys 0..last are visible */
-                    float m = -INFINITY;
-                    for (int j = 0; j <= last; j++)
-                        m = s[j] > m ? s[j] : m;
-                    double l = 0.0;
-                    for (int j = 0; j <= last; j++) {
-                        s[j] = expf(s[j] - m);
-                        l += s[j];
-                    }
-                    float inv = (float)(1.0 / l);
-                    for (int j = 0; j <= last; j++)
-                        s[j] *= inv;
-                    memset(s + last + 1, 0, (size_t)(t1 - last - 1) * sizeof(float));
-                    lb[r] = m + (float)log(l);
-                }
-                mm(0, 0, rows, hd, t1, 1.0f, S, (size_t)t1, vb, ks, 0.0f, ob, qs);
-            }
+            cpu_attention_causal_head(q + (size_t)b * T * qs + (size_t)h * hd, qs, kb, vb, ks, 0, T, hd, scale,
+                                      out + (size_t)b * T * qs + (size_t)h * hd, lse + ((size_t)b * Hq + h) * T, S);
         }
     free(S);
 }
@@ -86,8 +90,8 @@ void cpu_attention_bwd(const upc_kernels *K, const float *q, const float *k,
     const int group = Hq / Hkv;
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t qs = (size_t)Hq * hd, ks = (size_t)Hkv * hd;
-    float *P = upc_malloc((size_t)ROWS * T * sizeof(float));
-    float *dS = upc_malloc((size_t)ROWS * T * sizeof(float));
+    float *P = upc_malloc((size_t)CPU_ATTENTION_ROWS * T * sizeof(float));
+    float *dS = upc_malloc((size_t)CPU_ATTENTION_ROWS * T * sizeof(float));
     for (int b = 0; b < B; b++)
         for (int hk = 0; hk < Hkv; hk++)
             for (int j = 0; j < T; j++) {
@@ -99,8 +103,8 @@ void cpu_attention_bwd(const upc_kernels *K, const float *q, const float *k,
             size_t kv_off = (size_t)b * T * ks + (size_t)(h / group) * hd;
             const float *kb = k + kv_off, *vb = v + kv_off;
             float *dkb = dk + kv_off, *dvb = dv + kv_off;
-            for (int t0 = 0; t0 < T; t0 += ROWS) {
-                int t1 = t0 + ROWS < T ? t0 + ROWS : T, rows = t1 - t0;
+            for (int t0 = 0; t0 < T; t0 += CPU_ATTENTION_ROWS) {
+                int t1 = t0 + CPU_ATTENTION_ROWS < T ? t0 + CPU_ATTENTION_ROWS : T, rows = t1 - t0;
                 size_t row0 = ((size_t)b * T + t0) * qs + (size_t)h * hd;
                 const float *qb = q + row0, *ob = out + row0, *dob = dout + row0;
                 const float *lb = lse + ((size_t)b * Hq + h) * T + t0;

@@ -1,7 +1,12 @@
 /* kernels_cpu_kvcache.c: the paged KV cache on the CPU: writing a step's
- * keys and values into their slots, and attention of each query row over
- * its sequence's cached positions (exact softmax in two passes over the
- * positions, parallel over rows and heads). */
+ * keys and values into their slots, and attention of the query rows over
+ * their sequences' cached positions. A run of rows of one sequence at
+ * consecutive positions (a prefill chunk) gathers that sequence's keys and
+ * values and runs as SGEMM blocks, like training attention; other rows
+ * (decode tokens) each take an exact two-pass softmax over their
+ * positions, parallel over rows and heads. Which path a row takes depends
+ * only on the step's rows, never on the block size, so a paged cache gives
+ * the bits of a contiguous one. */
 #include "kernels_cpu.h"
 
 #include <math.h>
@@ -20,6 +25,44 @@ void cpu_kv_cache_write(const upc_kernels *K, const float *k, const float *v, co
     }
 }
 
+enum { RUN_MIN = 8 };   /* rows from which a run goes through SGEMM */
+
+/* Gather positions 0..n-1 of a sequence's keys (or values) into dst [n][w]. */
+static void gather_positions(const float *cache, const int32_t *table, int block_size, int n, size_t w, float *dst)
+{
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < n; p++) {
+        size_t slot = (size_t)table[p / block_size] * block_size + (size_t)(p % block_size);
+        memcpy(dst + (size_t)p * w, cache + slot * w, w * sizeof(float));
+    }
+}
+
+/* The rows of a run: [r0, r1) of sequence `table` at positions pos0.. */
+static void run_attention(const float *q, const float *kcache, const float *vcache, const int32_t *table,
+                          int block_size, int pos0, int r0, int r1, int Hq, int Hkv, int hd, float *out,
+                          float *kbuf, float *vbuf, float *S)
+{
+    const size_t w = (size_t)Hkv * hd, qs = (size_t)Hq * hd;
+    const int group = Hq / Hkv, rows = r1 - r0;
+    gather_positions(kcache, table, block_size, pos0 + rows, w, kbuf);
+    gather_positions(vcache, table, block_size, pos0 + rows, w, vbuf);
+    for (int h = 0; h < Hq; h++) {
+        size_t head = (size_t)(h / group) * hd;
+        cpu_attention_causal_head(q + (size_t)r0 * qs + (size_t)h * hd, qs, kbuf + head, vbuf + head, w, pos0, rows,
+                                  hd, 1.0f / sqrtf((float)hd), out + (size_t)r0 * qs + (size_t)h * hd, NULL, S);
+    }
+}
+
+/* Where the run starting at row r ends: rows of one sequence at
+ * consecutive positions. */
+static int run_end(const int32_t *row_seq, const int32_t *row_pos, int rows, int r)
+{
+    int e = r + 1;
+    while (e < rows && row_seq[e] == row_seq[r] && row_pos[e] == row_pos[e - 1] + 1)
+        e++;
+    return e;
+}
+
 void cpu_paged_attention(const upc_kernels *K, const float *q, const float *kcache,
                          const float *vcache, const int32_t *block_table, int max_blocks,
                          int block_size, const int32_t *row_seq, const int32_t *row_pos, int rows,
@@ -36,13 +79,35 @@ void cpu_paged_attention(const upc_kernels *K, const float *q, const float *kcac
                     "position past the block table");
         longest = row_pos[r] + 1 > longest ? row_pos[r] + 1 : longest;
     }
-#pragma omp parallel
+    /* runs through SGEMM; the rest listed for the row-wise loop */
+    int32_t *single = upc_malloc(((size_t)rows + 1) * sizeof *single);
+    int n_single = 0;
+    float *kbuf = NULL, *vbuf = NULL, *S = NULL;
+    for (int r = 0; r < rows;) {
+        int e = run_end(row_seq, row_pos, rows, r);
+        if (e - r < RUN_MIN) {
+            while (r < e)
+                single[n_single++] = r++;
+            continue;
+        }
+        if (!kbuf) {
+            kbuf = upc_malloc((size_t)longest * w * sizeof(float));
+            vbuf = upc_malloc((size_t)longest * w * sizeof(float));
+            S = upc_malloc((size_t)CPU_ATTENTION_ROWS * longest * sizeof(float));
+        }
+        run_attention(q, kcache, vcache, block_table + (size_t)row_seq[r] * max_blocks, block_size, row_pos[r], r, e,
+                      Hq, Hkv, hd, out, kbuf, vbuf, S);
+        r = e;
+    }
+    free(kbuf), free(vbuf), free(S);
+#pragma omp parallel if (n_single > 0)
     {
         float *s = upc_malloc(((size_t)longest + 1) * sizeof(float));
         float *acc = upc_malloc((size_t)hd * sizeof(float));
 #pragma omp for schedule(dynamic, 1) collapse(2)
-        for (int r = 0; r < rows; r++)
+        for (int si = 0; si < n_single; si++)
             for (int h = 0; h < Hq; h++) {
+                const int r = single[si];
                 const int32_t *table = block_table + (size_t)row_seq[r] * max_blocks;
                 const float *qr = q + ((size_t)r * Hq + h) * hd;
                 const size_t head = (size_t)(h / group) * hd;
@@ -74,4 +139,5 @@ void cpu_paged_attention(const upc_kernels *K, const float *q, const float *kcac
         free(acc);
         free(s);
     }
+    free(single);
 }

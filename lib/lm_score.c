@@ -1,26 +1,60 @@
 /* lm_score.c: continuation log-likelihoods and greedy decoding on the
- * model's forward pass (lm_score.h). */
+ * inference engine, and held-out loss on the training forward (lm_score.h). */
 #include "lm_score.h"
+#include "engine.h"
 #include "util.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { LEN_QUANTUM = 32 };
+struct lm_scorer {
+    model *m;
+    engine *e;
+    int max_len, batch, block;
+    float *logits;                  /* host [LM_SCORE_ROWS][V] */
+    int seqs[LM_SCORE_ROWS];        /* a step's rows: engine sequence, */
+    int32_t ids[LM_SCORE_ROWS];     /* token, */
+    bool want[LM_SCORE_ROWS];       /* whether its logits are needed, */
+    size_t job[LM_SCORE_ROWS];      /* which job (scoring) */
+    int pos[LM_SCORE_ROWS];         /* and its position */
+    lm_scorer_stats stats;
+};
 
-/* The tokens a sequence's window keeps: the last max_len + 1. */
-static int first_kept(const lm_seq *s, int max_len)
+lm_scorer *lm_scorer_create(model *m, int max_len, int batch)
 {
-    int first = s->len - (max_len + 1);
-    return first > 0 ? first : 0;
+    if (max_len < 1 || batch < 1)
+        upc_fail(EX_SOFTWARE, "lm_score: a window of %d tokens and %d sequences in flight", max_len, batch);
+    lm_scorer *s = upc_calloc(1, sizeof *s);
+    s->m = m;
+    s->max_len = max_len;
+    s->batch = batch;
+    engine_config c;
+    engine_config_default(&c);
+    s->block = c.block_size;
+    c.max_len = max_len;
+    c.max_rows = LM_SCORE_ROWS;
+    /* running sequences, the finished one whose blocks the next will fork,
+     * and one spare */
+    c.max_seqs = batch + 2;
+    c.n_blocks = (size_t)c.max_seqs * (size_t)((max_len + c.block_size - 1) / c.block_size);
+    s->e = engine_create(m, &c);
+    s->logits = upc_malloc((size_t)LM_SCORE_ROWS * m->V * sizeof *s->logits);
+    return s;
 }
 
-static int cmp_len(const void *a, const void *b, void *ctx)
+void lm_scorer_free(lm_scorer *s)
 {
-    const lm_seq *s = ctx;
-    int x = *(const int *)a, y = *(const int *)b;
-    return (s[x].len > s[y].len) - (s[x].len < s[y].len);
+    if (!s)
+        return;
+    engine_free(s->e);
+    free(s->logits);
+    free(s);
+}
+
+lm_scorer_stats lm_scorer_get_stats(const lm_scorer *s)
+{
+    return s->stats;
 }
 
 /* log softmax(row)[target] in double, and whether target is the argmax
@@ -41,65 +75,163 @@ static double row_logprob(const float *row, int V, int target, bool *is_argmax)
     return (double)row[target] - mx - log(sum);
 }
 
-void lm_score_seqs(model *m, const lm_seq *seqs, size_t n, int batch, int max_len, lm_seq_score *out)
+/* One sequence being scored. Its window w[0..n) is the tokens kept
+ * (the last max_len + 1); positions 0..n-2 run through the model, and
+ * those from p0 on predict the continuation. */
+typedef struct {
+    const int32_t *w;
+    int n, p0;
+    int shared;         /* leading positions forked from the job before */
+    int seq;            /* engine sequence while open, else -1 */
+    int placed;         /* positions in the cache */
+    bool started, done;
+    size_t out;         /* its index in the caller's arrays */
+} job;
+
+static int cmp_window(const void *a, const void *b)
+{
+    const job *x = a, *y = b;
+    int n = x->n < y->n ? x->n : y->n;
+    for (int i = 0; i < n; i++)
+        if (x->w[i] != y->w[i])
+            return x->w[i] < y->w[i] ? -1 : 1;
+    if (x->n != y->n)
+        return x->n < y->n ? -1 : 1;
+    return (x->out > y->out) - (x->out < y->out);
+}
+
+static int common_prefix(const job *a, const job *b)
+{
+    int n = a->n < b->n ? a->n : b->n, i = 0;
+    while (i < n && a->w[i] == b->w[i])
+        i++;
+    return i;
+}
+
+/* Sorted by window, a job's longest common prefix with any earlier job is
+ * the one with the job just before it; it forks those positions (whole
+ * blocks, before its first needed position, and cached by that job). */
+static job *plan_jobs(lm_scorer *s, const lm_seq *seqs, size_t n)
+{
+    job *jobs = upc_malloc(n * sizeof *jobs);
+    for (size_t i = 0; i < n; i++) {
+        const lm_seq *q = &seqs[i];
+        if (q->start < 1 || q->start >= q->len)
+            upc_fail(EX_SOFTWARE, "lm_score: sequence %zu: continuation [%d, %d) is empty or has no context", i,
+                     q->start, q->len);
+        if (q->len - q->start > s->max_len)
+            upc_fail(EX_DATAERR, "a continuation of %d tokens does not fit the model's context of %d",
+                     q->len - q->start, s->max_len);
+        int first = q->len - (s->max_len + 1) > 0 ? q->len - (s->max_len + 1) : 0;
+        jobs[i] = (job){.w = q->ids + first, .n = q->len - first, .p0 = q->start - 1 - first, .seq = -1, .out = i};
+    }
+    qsort(jobs, n, sizeof *jobs, cmp_window);
+    for (size_t i = 1; i < n; i++) {
+        int f = common_prefix(&jobs[i], &jobs[i - 1]);
+        f = f < jobs[i].p0 ? f : jobs[i].p0;
+        f = f < jobs[i - 1].n - 1 ? f : jobs[i - 1].n - 1;
+        jobs[i].shared = f / s->block * s->block;
+    }
+    return jobs;
+}
+
+/* Rows the engine can take for seq now: room in its last block and the
+ * free blocks. */
+static int rows_that_fit(const lm_scorer *s, int seq, int want)
+{
+    int len = engine_seq_len(s->e, seq);
+    size_t room = engine_blocks_for(s->e, len) * (size_t)s->block - (size_t)len +
+                  engine_free_blocks(s->e) * (size_t)s->block;
+    return (size_t)want < room ? want : (int)room;
+}
+
+/* A finished job keeps its blocks until the job after it has forked them. */
+static void close_if_unneeded(lm_scorer *s, job *jobs, size_t n, size_t j)
+{
+    job *x = &jobs[j];
+    if (x->done && x->seq >= 0 && (j + 1 == n || jobs[j + 1].shared == 0 || jobs[j + 1].started)) {
+        engine_close(s->e, x->seq);
+        x->seq = -1;
+    }
+}
+
+/* Open job j (forking its shared prefix); false when it must wait. */
+static bool start_job(lm_scorer *s, job *jobs, size_t j)
+{
+    job *x = &jobs[j];
+    if (x->shared && jobs[j - 1].placed < x->shared)
+        return false;
+    x->seq = x->shared ? engine_fork(s->e, jobs[j - 1].seq, x->shared) : engine_open(s->e);
+    if (x->seq < 0)
+        return false;
+    x->started = true;
+    x->placed = x->shared;
+    s->stats.tokens_shared += x->shared;
+    return true;
+}
+
+void lm_score_seqs(lm_scorer *s, const lm_seq *seqs, size_t n, lm_seq_score *out)
 {
     if (n == 0)
         return;
-    int *order = upc_malloc(n * sizeof *order);
-    for (size_t i = 0; i < n; i++) {
-        const lm_seq *s = &seqs[i];
-        if (s->start < 1 || s->start >= s->len)
-            upc_fail(EX_SOFTWARE, "lm_score: sequence %zu: continuation [%d, %d) is empty or has no context", i,
-                     s->start, s->len);
-        if (s->len - s->start > max_len)
-            upc_fail(EX_DATAERR, "a continuation of %d tokens does not fit the model's context of %d",
-                     s->len - s->start, max_len);
-        order[i] = (int)i;
-    }
-    qsort_r(order, n, sizeof *order, cmp_len, (void *)seqs);
-    int V = m->V;
-    float *logits = upc_malloc((size_t)max_len * V * sizeof *logits);
-    int32_t *ids = NULL;
-    for (size_t b0 = 0; b0 < n; b0 += (size_t)batch) {
-        size_t rows = n - b0 < (size_t)batch ? n - b0 : (size_t)batch;
-        int T = 0;
-        for (size_t r = 0; r < rows; r++) {
-            const lm_seq *s = &seqs[order[b0 + r]];
-            int t = s->len - 1 - first_kept(s, max_len);
-            T = t > T ? t : T;
-        }
-        T = (T + LEN_QUANTUM - 1) / LEN_QUANTUM * LEN_QUANTUM;
-        if (T > max_len)
-            T = max_len;
-        ids = upc_realloc(ids, (size_t)batch * T * sizeof *ids);
-        memset(ids, 0, (size_t)batch * T * sizeof *ids);
-        for (size_t r = 0; r < rows; r++) {
-            const lm_seq *s = &seqs[order[b0 + r]];
-            int first = first_kept(s, max_len);
-            memcpy(ids + r * T, s->ids + first, (size_t)(s->len - 1 - first) * sizeof *ids);
-        }
-        /* full batches keep one shape; the last may be short */
-        model_forward(m, ids, NULL, (int)rows, T, NULL);
-        for (size_t r = 0; r < rows; r++) {
-            const lm_seq *s = &seqs[order[b0 + r]];
-            int first = first_kept(s, max_len);
-            /* position p of the row predicts token first + p + 1 */
-            int p0 = s->start - 1 - first, p1 = s->len - 1 - first;
-            model_get_logits_rows(m, r * T + (size_t)p0, (size_t)(p1 - p0), logits);
-            lm_seq_score *o = &out[order[b0 + r]];
-            o->logprob = 0.0;
-            o->n_tokens = p1 - p0;
-            o->greedy = true;
-            for (int p = p0; p < p1; p++) {
-                bool top;
-                o->logprob += row_logprob(logits + (size_t)(p - p0) * V, V, s->ids[first + p + 1], &top);
-                o->greedy &= top;
+    job *jobs = plan_jobs(s, seqs, n);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (lm_seq_score){0.0, 0, true};
+    int V = s->m->V, running = 0;
+    size_t oldest = 0;
+    while (oldest < n) {
+        int rows = 0;
+        for (size_t j = oldest; j < n && rows < LM_SCORE_ROWS; j++) {
+            job *x = &jobs[j];
+            if (!x->started) {
+                if (running >= s->batch || !start_job(s, jobs, j))
+                    break;
+                running++;
+                if (j > 0)
+                    close_if_unneeded(s, jobs, n, j - 1);
+            }
+            if (x->done)
+                continue;
+            int chunk = rows_that_fit(s, x->seq, (x->n - 1 - x->placed) < LM_SCORE_ROWS - rows
+                                                     ? x->n - 1 - x->placed
+                                                     : LM_SCORE_ROWS - rows);
+            for (int p = x->placed; p < x->placed + chunk; p++, rows++) {
+                s->seqs[rows] = x->seq;
+                s->ids[rows] = x->w[p];
+                s->want[rows] = p >= x->p0;
+                s->job[rows] = j;
+                s->pos[rows] = p;
             }
         }
+        if (rows == 0)
+            upc_fail(EX_SOFTWARE, "lm_score: no sequence can advance (KV pool too small)");
+        engine_step(s->e, s->seqs, s->ids, rows, s->want, s->logits);
+        s->stats.tokens_run += rows;
+        const float *row = s->logits;
+        for (int r = 0; r < rows; r++) {
+            job *x = &jobs[s->job[r]];
+            x->placed++;
+            if (s->want[r]) {
+                lm_seq_score *o = &out[x->out];
+                bool top;
+                o->logprob += row_logprob(row, V, x->w[s->pos[r] + 1], &top);
+                o->greedy &= top;
+                o->n_tokens++;
+                row += V;
+            }
+            if (x->placed == x->n - 1 && !x->done) {
+                x->done = true;
+                running--;
+                close_if_unneeded(s, jobs, n, s->job[r]);
+            }
+        }
+        while (oldest < n && jobs[oldest].done)
+            oldest++;
     }
-    free(ids);
-    free(logits);
-    free(order);
+    for (size_t j = 0; j < n; j++)
+        if (jobs[j].seq >= 0)
+            engine_close(s->e, jobs[j].seq);
+    free(jobs);
 }
 
 double lm_heldout_loss(model *m, loader *L, size_t B, size_t T, uint64_t max_tokens, long long *n_targets)
@@ -127,29 +259,54 @@ double lm_heldout_loss(model *m, loader *L, size_t B, size_t T, uint64_t max_tok
     return n ? sum / (double)n : NAN;
 }
 
-size_t lm_greedy(model *m, const int32_t *ids, int len, int max_len, int max_new,
+/* Run ids[0..n) into seq (chunks of LM_SCORE_ROWS) and leave the logits
+ * after the last in s->logits. */
+static void prefill(lm_scorer *s, int seq, const int32_t *ids, int n)
+{
+    for (int at = 0; at < n;) {
+        int rows = n - at < LM_SCORE_ROWS ? n - at : LM_SCORE_ROWS;
+        for (int r = 0; r < rows; r++) {
+            s->seqs[r] = seq;
+            s->ids[r] = ids[at + r];
+            s->want[r] = at + r == n - 1;
+        }
+        engine_step(s->e, s->seqs, s->ids, rows, s->want, s->logits);
+        s->stats.tokens_run += rows;
+        at += rows;
+    }
+}
+
+size_t lm_greedy(lm_scorer *s, const int32_t *ids, int len, int max_new,
                  bool (*stop)(void *ctx, const int32_t *out, size_t count), void *ctx, int32_t *out)
 {
-    int V = m->V;
+    int V = s->m->V;
     int32_t *buf = upc_malloc((size_t)(len + max_new) * sizeof *buf);
     memcpy(buf, ids, (size_t)len * sizeof *buf);
-    float *row = upc_malloc((size_t)V * sizeof *row);
+    int seq = -1;
     size_t count = 0;
     while ((int)count < max_new) {
         int total = len + (int)count;
-        int first = total > max_len ? total - max_len : 0;
-        model_forward(m, buf + first, NULL, 1, total - first, NULL);
-        model_get_logits_rows(m, (size_t)(total - first - 1), 1, row);
+        if (seq >= 0 && total <= s->max_len) {
+            prefill(s, seq, buf + total - 1, 1);
+        } else {
+            /* the first token, or a window that slid: prefill it anew */
+            if (seq >= 0)
+                engine_close(s->e, seq);
+            seq = engine_open(s->e);
+            int first = total > s->max_len ? total - s->max_len : 0;
+            prefill(s, seq, buf + first, total - first);
+        }
         int arg = 0;
         for (int i = 1; i < V; i++)
-            if (row[i] > row[arg])
+            if (s->logits[i] > s->logits[arg])
                 arg = i;
         buf[total] = arg;
         out[count++] = arg;
         if (stop && stop(ctx, out, count))
             break;
     }
-    free(row);
+    if (seq >= 0)
+        engine_close(s->e, seq);
     free(buf);
     return count;
 }

@@ -123,6 +123,12 @@ YAML
     [ "$(jq 'select(.event=="task") | .items + .skipped' "$TMP/e.jsonl" | sort -u)" = 20 ]
     # the upcycled model reproduces its parent: same accuracies
     [ "$(jq -c 'select(.event=="task") | [.label, .num_fewshot, .acc, .acc_sum, .acc_norm]' "$TMP/e.jsonl" | sort | uniq | wc -l)" -eq 3 ]
+    # the four choices of a hellaswag item run their shared context once
+    # (whole blocks of it); lambada's items share nothing but the first token
+    jq -s -e 'map(select(.event=="task" and .label=="hellaswag_heldout"))
+              | length == 2 and all(.tokens_shared > 0 and .tokens_run > 0)' "$TMP/e.jsonl" > /dev/null
+    jq -s -e 'map(select(.event=="task" and .label=="lambada_heldout")) | all(.tokens_shared == 0)' \
+        "$TMP/e.jsonl" > /dev/null
     # core average = mean over the category's benchmarks of (acc - baseline) / (1 - baseline)
     jq -s -e '[.[] | select(.event=="task")] as $t | [.[] | select(.event=="summary")] | all(
         . as $s | ($t | map(select(.model == $s.model and .num_fewshot == 0))

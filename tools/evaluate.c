@@ -43,7 +43,7 @@ static const char usage[] =
     "                       prediction, generated text)\n"
     "  --seq-len T          context window (default: max_position_embeddings,\n"
     "                       at most 2048)\n"
-    "  --batch B            sequences per forward (default 8)\n"
+    "  --batch B            sequences scored at once (default 8)\n"
     "  --seed N             few-shot example seed (default: each task's\n"
     "                       fewshot_random_seed, Foundry's 1234)\n"
     "  --threads N          CPU threads (default: OpenMP's choice)\n"
@@ -203,6 +203,7 @@ typedef struct {
     const char *path;
     model_config cfg;
     model *m;
+    lm_scorer *scorer;            /* made on first use: the engine's KV pool is not free */
     bpe_tokenizer *tok;
     bpe_scratch *scratch;
     int max_len;
@@ -249,12 +250,20 @@ static void load_model(evaluator *ev, const char *path)
     free(tp);
 }
 
+static lm_scorer *scorer(evaluator *ev)
+{
+    if (!ev->scorer)
+        ev->scorer = lm_scorer_create(ev->m, ev->max_len, (int)ev->o->batch);
+    return ev->scorer;
+}
+
 static void free_model(evaluator *ev)
 {
     if (ev->scratch)
         bpe_scratch_free(ev->scratch);
     if (ev->tok)
         bpe_free(ev->tok);
+    lm_scorer_free(ev->scorer);
     model_free(ev->m);
     mc_free(&ev->cfg);
     for (size_t i = 0; i < ev->n_results; i++)
@@ -397,7 +406,7 @@ static bool generate_item(evaluator *ev, const icl_query *q, char *const *stop, 
     int max_new = (int)longest + 4;
     int32_t *out = upc_malloc((size_t)max_new * sizeof *out);
     stop_ctx sc = {ev, stop, n_stop};
-    size_t got = lm_greedy(ev->m, ids, (int)n + 1, ev->max_len, max_new, stop_at_delimiter, &sc, out);
+    size_t got = lm_greedy(scorer(ev), ids, (int)n + 1, max_new, stop_at_delimiter, &sc, out);
     char *text = NULL;
     size_t len = 0, tcap = 0, bad;
     bpe_decode(ev->tok, (const uint32_t *)out, got, &text, &len, &tcap, &bad);
@@ -461,6 +470,7 @@ static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
 {
     const options *o = ev->o;
     double t0 = now();
+    lm_scorer_stats before = lm_scorer_get_stats(scorer(ev));
     icl_dataset ds;
     icl_dataset_load(&ds, spec->dataset_uri, spec->type);
     size_t items = o->limit > 0 && (size_t)o->limit < ds.n ? (size_t)o->limit : ds.n;
@@ -491,7 +501,7 @@ static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
         }
         correct_sum = correct_norm = correct;
     } else {
-        /* every candidate of every item in one scoring call: batched by length.
+        /* every candidate of every item in one scoring call (shared prefixes run once).
          * An item with a continuation longer than the window is skipped
          * (LLM Foundry refuses it; here the rest of the task still counts). */
         icl_query *qs = upc_calloc(items, sizeof *qs);
@@ -522,7 +532,7 @@ static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
             upc_warn("%s: %s: %zu of %zu items skipped: a continuation longer than the %d-token window", ev->path,
                      spec->label, skipped, items, ev->max_len);
         lm_seq_score *sc = upc_calloc(total ? total : 1, sizeof *sc);
-        lm_score_seqs(ev->m, seqs, total, (int)o->batch, ev->max_len, sc);
+        lm_score_seqs(scorer(ev), seqs, total, sc);
         size_t at = 0;
         for (size_t k = 0; k < kept; k++) {
             const icl_query *q = &qs[k];
@@ -562,7 +572,8 @@ static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
     upc_grow((void **)&ev->results, &ev->results_cap, ev->n_results + 1, sizeof *ev->results);
     ev->results[ev->n_results++] = (task_result){upc_strdup(spec->label), fewshot, acc};
     msgpack_packer *pk = &ev->rec->pk;
-    msgpack_pack_map(pk, 11);
+    lm_scorer_stats after = lm_scorer_get_stats(scorer(ev));
+    msgpack_pack_map(pk, 13);
     mpk_pack_key_str(pk, "event", "task");
     mpk_pack_key_str(pk, "model", ev->path);
     mpk_pack_key_str(pk, "label", spec->label);
@@ -573,6 +584,8 @@ static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
     mpk_pack_key_double(pk, "acc", acc);
     mpk_pack_key_double(pk, "acc_sum", scored ? correct_sum / (double)scored : NAN);
     mpk_pack_key_double(pk, "acc_norm", scored ? correct_norm / (double)scored : NAN);
+    mpk_pack_key_int(pk, "tokens_run", after.tokens_run - before.tokens_run);
+    mpk_pack_key_int(pk, "tokens_shared", after.tokens_shared - before.tokens_shared);
     mpk_pack_key_double(pk, "wall_s", now() - t0);
     mpk_writer_emit(ev->rec);
     fprintf(stderr, "evaluate: %s: %s/%d-shot acc %.4f over %zu items (%.1f s)\n", ev->path, spec->label, fewshot, acc,

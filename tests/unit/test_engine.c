@@ -4,9 +4,10 @@
  * tokens, for dense and MoE models; sequences batched in one step equal
  * each alone; a paged cache (block size 1) equals a contiguous one (one
  * block per sequence) bit for bit; blocks return to the pool on close;
- * greedy decoding through the engine follows the training forward's argmax. */
+ * greedy decoding through the engine follows the training forward's argmax;
+ * a forked sequence shares its parent's blocks and continues with the
+ * logits of a sequence run alone, whichever of the two closes first. */
 #include "engine.h"
-#include "lm_score.h"
 #include "model.h"
 #include "test_harness.h"
 #include "tiny_model.h"
@@ -136,11 +137,22 @@ static void check_model(const char *label, model *m)
         free(ref[s]);
 }
 
-/* Greedy decoding through the engine follows lm_greedy (training forward). */
+/* Greedy decoding through the engine follows the training forward's argmax
+ * chain (a full forward per token). */
 static void check_greedy(model *m)
 {
-    int32_t prompt[5] = {3, 1, 4, 1, 5}, want_ids[12], got_ids[12];
-    lm_greedy(m, prompt, 5, 128, 12, NULL, NULL, want_ids);
+    int32_t prompt[5] = {3, 1, 4, 1, 5}, want_ids[12], got_ids[12], chain[17];
+    memcpy(chain, prompt, sizeof prompt);
+    for (int i = 0; i < 12; i++) {
+        float *all = reference(m, chain, 5 + i);
+        const float *last = all + (size_t)(4 + i) * V;
+        int arg = 0;
+        for (int v = 1; v < V; v++)
+            if (last[v] > last[arg])
+                arg = v;
+        chain[5 + i] = want_ids[i] = arg;
+        free(all);
+    }
     engine_config c;
     engine_config_default(&c);
     c.n_blocks = 8;
@@ -165,6 +177,47 @@ static void check_greedy(model *m)
     engine_free(e);
 }
 
+/* Two sequences fork a 32-token prefix (two blocks of 16) of a parent and
+ * go on with different tokens; their logits equal full forwards, the shared
+ * blocks are counted once, and they stay valid after the parent closes. */
+static void check_fork(const char *label, model *m)
+{
+    enum { BS = 16, PRE = 32, N = 45 };
+    int32_t a[N], b[N];
+    uint64_t rng = 11;
+    for (int i = 0; i < N; i++)
+        a[i] = b[i] = (int32_t)(upc_splitmix64(&rng) % V);
+    for (int i = PRE; i < N; i++)
+        b[i] = (int32_t)(upc_splitmix64(&rng) % V);
+    engine_config c;
+    engine_config_default(&c);
+    c.block_size = BS;
+    c.n_blocks = 16;
+    engine *e = engine_create(m, &c);
+    float *got = upc_malloc((size_t)N * V * sizeof *got), *ra = reference(m, a, N), *rb = reference(m, b, N);
+    int parent = engine_open(e);
+    run_chunks(e, parent, a, 0, PRE + 3, 7, got);       /* the parent runs past the fork point */
+    CHECK(engine_free_blocks(e) == 16 - 3);
+    int ca = engine_fork(e, parent, PRE), cb = engine_fork(e, parent, PRE);
+    CHECK_MSG(ca >= 0 && cb >= 0 && engine_seq_len(e, ca) == PRE && engine_free_blocks(e) == 16 - 3,
+              "%s: forks take no blocks of their own (%zu free)", label, engine_free_blocks(e));
+    engine_close(e, parent);
+    CHECK_MSG(engine_free_blocks(e) == 16 - 2, "%s: the parent's own block returns, shared ones stay (%zu free)",
+              label, engine_free_blocks(e));
+    run_chunks(e, ca, a, PRE, N, 5, got);
+    CHECK_MSG(worst_diff(got + (size_t)PRE * V, ra + (size_t)PRE * V, (size_t)(N - PRE) * V) < 1e-4,
+              "%s: a fork continuing the parent's tokens differs from a full forward", label);
+    run_chunks(e, cb, b, PRE, N, 13, got);
+    CHECK_MSG(worst_diff(got + (size_t)PRE * V, rb + (size_t)PRE * V, (size_t)(N - PRE) * V) < 1e-4,
+              "%s: a fork going on with other tokens differs from a full forward", label);
+    engine_close(e, ca);
+    engine_close(e, cb);
+    CHECK_MSG(engine_free_blocks(e) == 16, "%s: every block back after the last close (%zu free)", label,
+              engine_free_blocks(e));
+    free(got), free(ra), free(rb);
+    engine_free(e);
+}
+
 int main(void)
 {
     upc_init("test_engine");
@@ -172,6 +225,8 @@ int main(void)
     check_model("dense", dense);
     check_model("moe E4 k2", moe);
     check_greedy(dense);
+    check_fork("dense", dense);
+    check_fork("moe E4 k2", moe);
     model_free(dense);
     model_free(moe);
     if (failures) {
