@@ -29,6 +29,14 @@ load helpers
     # 3500/50 = 70 prompt and 300/50 = 6 output tokens per request
     jq -s -e 'map(select(.event == "memory"))[0] | .kv_bytes_per_token == 2 * 4 * 2 * 32 * 4 and .request_tokens_mean == 76' \
         "$TMP/r.jsonl" > /dev/null
+    # the 1 GiB pool holds 524288 tokens = 32768 blocks of 16, 5 blocks a
+    # request of 76 tokens: 6553 requests, but 64 sequence slots (--max-seqs)
+    jq -s -e 'map(select(.event == "memory"))[0] | .kv_capacity_tokens == 524288 and .max_concurrent_requests == 64' \
+        "$TMP/r.jsonl" > /dev/null
+    serve-bench --shape tiny --scale 50 --requests 2 --warmup 0 --concurrency 1 --kv-memory 160K --max-seqs 100 \
+        > "$TMP/k.mpk" 2> /dev/null
+    # 160 KiB at 2048 bytes a token: 80 tokens, 5 blocks: one request of 5 blocks
+    records json < "$TMP/k.mpk" | jq -s -e 'map(select(.event == "memory"))[0] | .max_concurrent_requests == 1' > /dev/null
     [ "$(jq -c 'select(.event == "sweep_point") | [.completed, .prompt_tokens, .output_tokens]' "$TMP/r.jsonl" | sort -u)" = "[12,840,72]" ]
     [ "$(jq -c 'select(.event == "sweep_point") | [.rate_rps, .concurrency]' "$TMP/r.jsonl" | tr -d '\n')" = \
         '[{"$float":"inf"},0][30,0][{"$float":"inf"},3]' ]
@@ -52,6 +60,10 @@ load helpers
     # one token at a time (c=1, decode) touches at most k = 2 experts per layer; eight at once, more
     [ "$(jq -c 'select(.event == "moe_routing") | .experts' "$TMP/m.jsonl" | sort -u)" = 8 ]
     jq -s -e '[.[] | select(.event == "moe_routing")] | length == 2 and .[0].experts_touched_mean < .[1].experts_touched_mean and .[1].experts_touched_mean <= 8' \
+        "$TMP/m.jsonl" > /dev/null
+    # decode-only steps of one request touch exactly k = 2 experts per layer;
+    # steps with prefill chunks touch more
+    jq -s -e '[.[] | select(.event == "moe_routing")] | .[0].experts_touched_decode_mean == 2 and .[0].experts_touched_mean > 2' \
         "$TMP/m.jsonl" > /dev/null
     jq -s -e 'map(select(.event == "memory"))[0] | .params > .active_params' "$TMP/m.jsonl" > /dev/null
     grep -q "experts per MoE layer per step" "$TMP/err"

@@ -240,6 +240,8 @@ typedef struct {
     void *scratch;
     double touched_sum;           /* distinct experts per MoE layer per step, summed */
     size_t touched_steps;
+    double touched_decode_sum;    /* the same over steps that only decode */
+    size_t touched_decode_steps;
 } server;
 
 /* Serve reqs[0..n): open loop by their arrival times (closed == 0), or
@@ -293,6 +295,7 @@ static void serve(server *S, const request *reqs, size_t n, int closed, live *lv
                 rows_seq[nr] = lv[i].seq, rows_id[nr] = lv[i].last, rows_want[nr] = true, rows_req[nr] = i;
                 nr++;
             }
+        int decode_rows = nr;
         for (size_t i = 0; i < admitted && nr < max_rows; i++) {
             live *q = &lv[i];
             if (q->state != PREFILL)
@@ -316,10 +319,16 @@ static void serve(server *S, const request *reqs, size_t n, int closed, live *lv
         int got = engine_step(e, rows_seq, rows_id, nr, rows_want, S->logits);
         if (S->L->m->n_moe_layers) {
             const int32_t *tch = engine_experts_touched(e);
+            double sum = 0;
             for (int l = 0; l < S->L->m->L; l++)
                 if (S->L->m->layers[l].moe)
-                    S->touched_sum += tch[l];
+                    sum += tch[l];
+            S->touched_sum += sum;
             S->touched_steps += (size_t)S->L->m->n_moe_layers;
+            if (decode_rows == nr) {
+                S->touched_decode_sum += sum;
+                S->touched_decode_steps += (size_t)S->L->m->n_moe_layers;
+            }
         }
         double tt = now() - t0;
         int k = 0;
@@ -442,7 +451,17 @@ static len_spec scaled(const char *opt, const char *spec, double scale)
     return l;
 }
 
-static void pack_memory(mpk_writer *w, const loaded *L, const engine *e, double mean_len)
+/* Requests the engine can hold at once: sequence slots, and KV blocks for
+ * a request of the mean length rounded up to whole blocks. */
+static double max_concurrent(const engine *e, int max_seqs, int block_size, double mean_len)
+{
+    double blocks = (double)engine_capacity_tokens(e) / block_size, per_request = ceil(mean_len / block_size);
+    double by_kv = floor(blocks / per_request);
+    return by_kv < max_seqs ? by_kv : max_seqs;
+}
+
+static void pack_memory(mpk_writer *w, const loaded *L, const engine *e, int max_seqs, int block_size,
+                        double mean_len)
 {
     msgpack_packer *pk = &w->pk;
     mc_params p = mc_param_count(&L->cfg);
@@ -456,7 +475,7 @@ static void pack_memory(mpk_writer *w, const loaded *L, const engine *e, double 
     mpk_pack_key_uint(pk, "kv_bytes_per_token", engine_kv_bytes_per_token(L->m));
     mpk_pack_key_uint(pk, "kv_capacity_tokens", engine_capacity_tokens(e));
     mpk_pack_key_double(pk, "request_tokens_mean", mean_len);
-    mpk_pack_key_double(pk, "max_concurrent_requests", floor((double)engine_capacity_tokens(e) / mean_len));
+    mpk_pack_key_double(pk, "max_concurrent_requests", max_concurrent(e, max_seqs, block_size, mean_len));
     mpk_writer_emit(w);
 }
 
@@ -538,7 +557,7 @@ int main(int argc, char **argv)
 
     mpk_writer w;
     mpk_writer_open(&w, "-");
-    pack_memory(&w, &L, e, mean_len);
+    pack_memory(&w, &L, e, (int)o.max_seqs, (int)o.block_size, mean_len);
     server S = {.e = e, .L = &L, .o = &o, .samp = {o.temperature, o.top_p}};
     S.logits = upc_malloc((size_t)o.max_batch_tokens * L.m->V * sizeof(float));
     S.scratch = upc_malloc(sampling_scratch_bytes(L.m->V));
@@ -561,8 +580,8 @@ int main(int argc, char **argv)
         pw.rate = open_loop ? rates[pt] : INFINITY;
         request *rq = workload_make(&pw);
         live *lv = upc_calloc(pw.n_requests, sizeof *lv);
-        S.touched_sum = 0;
-        S.touched_steps = 0;
+        S.touched_sum = S.touched_decode_sum = 0;
+        S.touched_steps = S.touched_decode_steps = 0;
         serve(&S, rq, pw.n_requests, closed, lv);
         request_timing *tm = upc_malloc(pw.n_requests * sizeof *tm);
         for (size_t i = 0; i < pw.n_requests; i++)
@@ -583,14 +602,16 @@ int main(int argc, char **argv)
         if (S.touched_steps) {
             /* MoE decode reads only the experts the step's tokens chose */
             double touched = S.touched_sum / (double)S.touched_steps;
-            msgpack_pack_map(&w.pk, 5);
+            double decode = S.touched_decode_steps ? S.touched_decode_sum / (double)S.touched_decode_steps : NAN;
+            msgpack_pack_map(&w.pk, 6);
             mpk_pack_key_str(&w.pk, "event", "moe_routing");
             mpk_pack_key_str(&w.pk, "label", L.label);
             mpk_pack_key_uint(&w.pk, "point", pt);
             mpk_pack_key_double(&w.pk, "experts_touched_mean", touched);
+            mpk_pack_key_double(&w.pk, "experts_touched_decode_mean", decode);
             mpk_pack_key_int(&w.pk, "experts", L.cfg.num_local_experts);
-            fprintf(stderr, "serve-bench: %s: %.2f of %lld experts per MoE layer per step\n", point, touched,
-                    (long long)L.cfg.num_local_experts);
+            fprintf(stderr, "serve-bench: %s: %.2f of %lld experts per MoE layer per step (%.2f in decode-only steps)\n",
+                    point, touched, (long long)L.cfg.num_local_experts, decode);
         }
         mpk_writer_emit(&w);
         for (size_t i = 0; i < pw.n_requests; i++)
