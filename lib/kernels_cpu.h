@@ -14,6 +14,11 @@
             upc_fail(EX_SOFTWARE, "kernels(cpu): %s: %s", (kernel), (what));     \
     } while (0)
 
+/* Work (elements touched) below which a loop runs on the calling thread:
+ * waking the OpenMP team costs more than it saves there, and decoding a
+ * token runs dozens of such small kernels. */
+#define CPU_PARALLEL_MIN ((size_t)1 << 15)
+
 /* kernels_cpu_gemm.c */
 void cpu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
               float alpha, const float *A, int lda, const float *B, int ldb,

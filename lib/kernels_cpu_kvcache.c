@@ -18,7 +18,7 @@ void cpu_kv_cache_write(const upc_kernels *K, const float *k, const float *v, co
 {
     CPU_REQUIRE(rows >= 0 && Hkv > 0 && hd > 0, "kv_cache_write", "bad size");
     size_t w = (size_t)Hkv * hd;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rows * w >= CPU_PARALLEL_MIN)
     for (int r = 0; r < rows; r++) {
         memcpy(kcache + (size_t)slots[r] * w, k + (size_t)r * w, w * sizeof(float));
         memcpy(vcache + (size_t)slots[r] * w, v + (size_t)r * w, w * sizeof(float));
@@ -30,7 +30,7 @@ enum { RUN_MIN = 8 };   /* rows from which a run goes through SGEMM */
 /* Gather positions 0..n-1 of a sequence's keys (or values) into dst [n][w]. */
 static void gather_positions(const float *cache, const int32_t *table, int block_size, int n, size_t w, float *dst)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)n * w >= CPU_PARALLEL_MIN)
     for (int p = 0; p < n; p++) {
         size_t slot = (size_t)table[p / block_size] * block_size + (size_t)(p % block_size);
         memcpy(dst + (size_t)p * w, cache + slot * w, w * sizeof(float));
@@ -82,12 +82,15 @@ void cpu_paged_attention(const upc_kernels *K, const float *q, const float *kcac
     /* runs through SGEMM; the rest listed for the row-wise loop */
     int32_t *single = upc_malloc(((size_t)rows + 1) * sizeof *single);
     int n_single = 0;
+    size_t single_work = 0;   /* cached positions the row-wise loop reads, times heads */
     float *kbuf = NULL, *vbuf = NULL, *S = NULL;
     for (int r = 0; r < rows;) {
         int e = run_end(row_seq, row_pos, rows, r);
         if (e - r < RUN_MIN) {
-            while (r < e)
+            while (r < e) {
+                single_work += (size_t)(row_pos[r] + 1) * Hq * hd;
                 single[n_single++] = r++;
+            }
             continue;
         }
         if (!kbuf) {
@@ -100,7 +103,7 @@ void cpu_paged_attention(const upc_kernels *K, const float *q, const float *kcac
         r = e;
     }
     free(kbuf), free(vbuf), free(S);
-#pragma omp parallel if (n_single > 0)
+#pragma omp parallel if (single_work >= CPU_PARALLEL_MIN)
     {
         float *s = upc_malloc(((size_t)longest + 1) * sizeof(float));
         float *acc = upc_malloc((size_t)hd * sizeof(float));

@@ -22,7 +22,7 @@ void cpu_embedding_fwd(const upc_kernels *K, const int32_t *ids, int rows,
     CPU_REQUIRE(rows >= 0 && V > 0 && d >= 0, "embedding_fwd", "bad size");
     for (int i = 0; i < rows; i++)
         CPU_REQUIRE(ids[i] >= 0 && ids[i] < V, "embedding_fwd", "token id out of range");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rows * d >= CPU_PARALLEL_MIN)
     for (int i = 0; i < rows; i++)
         memcpy(out + (size_t)i * d, table + (size_t)ids[i] * d, (size_t)d * sizeof(float));
 }
@@ -50,7 +50,7 @@ void cpu_rmsnorm_fwd(const upc_kernels *K, const float *x, const float *w, float
                      float *rstd, int rows, int d, float eps)
 {
     CPU_REQUIRE(rows >= 0 && d > 0, "rmsnorm_fwd", "bad size");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rows * d >= CPU_PARALLEL_MIN)
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * d;
         float *yr = y + (size_t)r * d;
@@ -107,7 +107,7 @@ static void rope_apply(const char *kernel, const float *x, float *y, int B, int 
     CPU_REQUIRE(B >= 0 && T >= 0 && H >= 0 && hd > 0 && hd % 2 == 0, kernel,
                 "bad size (head dim must be even)");
     int half = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)B * T * H * hd >= CPU_PARALLEL_MIN)
     for (long long bt = 0; bt < (long long)B * T; bt++) {
         int p = pos ? pos[bt] : pos0 + (int)(bt % T);
         const float *xs = x + (size_t)bt * H * hd;
@@ -140,7 +140,7 @@ void cpu_rope_bwd(const upc_kernels *K, const float *dy, float *dx, int B, int T
 void cpu_swiglu_fwd(const upc_kernels *K, const float *gate, const float *up,
                     float *out, size_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++)
         out[i] = upc_silu(gate[i]) * up[i];
 }

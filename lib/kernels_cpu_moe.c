@@ -42,7 +42,7 @@ void cpu_router_fwd(const upc_kernels *K, const float *logits, float *probs,
                     int32_t *topk_idx, float *topk_w, int N, int E, int kk, int renorm)
 {
     check_router("router_fwd", N, E, kk);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * E >= CPU_PARALLEL_MIN)
     for (int n = 0; n < N; n++) {
         const float *x = logits + (size_t)n * E;
         float *p = probs + (size_t)n * E;
@@ -150,7 +150,7 @@ void cpu_moe_gather(const upc_kernels *K, const float *X, const int32_t *perm, i
 {
     CPU_REQUIRE(N >= 0 && kk >= 1 && d >= 0, "moe_gather", "bad size");
     long long A = (long long)N * kk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)A * d >= CPU_PARALLEL_MIN)
     for (long long s = 0; s < A; s++)
         memcpy(Xs + (size_t)s * d, X + (size_t)(perm[s] / kk) * d, (size_t)d * sizeof(float));
 }
@@ -175,7 +175,7 @@ void cpu_moe_combine(const upc_kernels *K, const float *Ys, const int32_t *pos,
                      const float *w, int N, int kk, int d, float beta, float *out)
 {
     CPU_REQUIRE(N >= 0 && kk >= 1 && d >= 0, "moe_combine", "bad size");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * kk * d >= CPU_PARALLEL_MIN)
     for (int n = 0; n < N; n++) {
         float *o = out + (size_t)n * d;
         for (int c = 0; c < d; c++)
