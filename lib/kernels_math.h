@@ -7,7 +7,9 @@
 #include <math.h>
 
 #ifdef __CUDACC__
-#define UPC_HD __host__ __device__ __forceinline__
+/* `static inline` is already on every helper (a second inline would be a
+ * duplicate specifier for nvcc); always_inline keeps them in registers. */
+#define UPC_HD __host__ __device__ __attribute__((always_inline))
 #else
 #define UPC_HD
 #endif

@@ -1,0 +1,256 @@
+/* cuda_internal.cuh: what the CUDA backend's files share: the backend state
+ * (cuBLAS handle, scratch memory, the device error word), checked calls
+ * that fail the tool naming the kernel, launch helpers, deterministic block
+ * reductions, and the entry points gathered into the table by
+ * cuda_table.cu. Internal to gpu/: tools use lib/backend.h.
+ *
+ * Everything runs on the legacy default stream, in order, so a kernel's
+ * scratch may be reused by the next kernel without a sync. */
+#ifndef UPCYC_CUDA_INTERNAL_CUH
+#define UPCYC_CUDA_INTERNAL_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "kernels.h"
+#include "util.h"
+}
+#include "kernels_math.h"
+
+/* Bad data that only the device sees (a token id or expert index out of
+ * range) sets the device error word to one of these (the first wins, an
+ * integer atomicCAS); download and sync check it and fail the tool naming
+ * the kernel. */
+enum cuda_err_code {
+    CUDA_ERR_NONE = 0,
+    CUDA_ERR_EMBED_FWD_ID,
+    CUDA_ERR_EMBED_BWD_ID,
+    CUDA_ERR_CE_FWD_TARGET,
+    CUDA_ERR_CE_BWD_TARGET,
+    CUDA_ERR_ROUTER_BWD_IDX,
+    CUDA_ERR_DISPATCH_IDX,
+    CUDA_ERR_GATHER_PERM,
+    CUDA_ERR_LB_IDX,
+    CUDA_ERR_KV_SLOT,
+    CUDA_ERR_PAGED_POS,
+    CUDA_ERR_CAPACITY_IDX,
+    CUDA_ERR_COUNT
+};
+
+typedef struct {
+    int device;
+    cublasHandle_t blas;
+    int *err;                 /* device int: a cuda_err_code */
+    void *scratch[2];         /* grow-only device workspaces (see cuda_scratch) */
+    size_t scratch_bytes[2];
+    int32_t *host_offs;       /* pinned host copy of grouped-GEMM offsets */
+    size_t host_offs_cap;
+    int debug_sync;           /* UPC_CUDA_SYNC=1: sync + check after every kernel */
+    size_t attn_smem_set;     /* dynamic shared memory the attention kernels may use */
+} cuda_ctx;
+
+static inline cuda_ctx *CTX(const upc_kernels *K)
+{
+    return (cuda_ctx *)K->ctx;
+}
+
+/* Fail the tool: "cuda: KERNEL: what: cuda error text". */
+#define CUDA_CHECK(call, kernel, what)                                                          \
+    do {                                                                                        \
+        cudaError_t e_ = (call);                                                                \
+        if (e_ != cudaSuccess)                                                                  \
+            upc_fail(EX_OSERR, "cuda: %s: %s: %s", (kernel), (what), cudaGetErrorString(e_));    \
+    } while (0)
+
+#define BLAS_CHECK(call, kernel)                                                                \
+    do {                                                                                        \
+        cublasStatus_t s_ = (call);                                                             \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                        \
+            upc_fail(EX_SOFTWARE, "cuda: %s: cuBLAS: %s (%s)", (kernel),                        \
+                     cublasGetStatusString(s_), cublasGetStatusName(s_));                       \
+    } while (0)
+
+/* Programming errors the host can see (sizes), as the CPU backend's. */
+#define CUDA_REQUIRE(cond, kernel, what)                                                        \
+    do {                                                                                        \
+        if (!(cond))                                                                            \
+            upc_fail(EX_SOFTWARE, "cuda: %s: %s", (kernel), (what));                            \
+    } while (0)
+
+/* After a launch: a launch error fails at once; with UPC_CUDA_SYNC=1 the
+ * kernel is also waited for, so an asynchronous fault names it. */
+void cuda_after_launch(const upc_kernels *K, const char *kernel);
+/* Fail when a device-side check set the error word (waits for the device). */
+void cuda_check_device_error(const upc_kernels *K, const char *where);
+/* The backend's scratch workspace `slot`, at least `bytes` long (grow-only;
+ * growing waits for the device, as cudaFree does). Valid until the next
+ * cuda_scratch call for the same slot. Slot 0 is the kernels', slot 1 the
+ * sort's (cuda_stable_sort_indices), so a kernel may keep slot 0 across a
+ * sort. */
+enum { SCRATCH_KERNEL = 0, SCRATCH_SORT = 1 };
+void *cuda_scratch(const upc_kernels *K, int slot, size_t bytes, const char *kernel);
+
+/* Record a device-side error (the first one wins). */
+static __device__ __forceinline__ void cuda_flag(int *err, int code)
+{
+    atomicCAS(err, 0, code);
+}
+
+enum { CUDA_THREADS = 256 };
+
+/* Blocks for a grid-stride loop over n elements. */
+static inline unsigned cuda_blocks(size_t n, unsigned threads = CUDA_THREADS)
+{
+    size_t b = (n + threads - 1) / threads;
+    if (b < 1)
+        b = 1;
+    if (b > 65536)
+        b = 65536;
+    return (unsigned)b;
+}
+
+#define GRID_STRIDE(i, n)                                                                       \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                     \
+         i += (size_t)gridDim.x * blockDim.x)
+
+/* Sum of one value per thread over the block (blockDim.x a power of two,
+ * at most 1024), as a fixed tree: same inputs, same bits. Every thread
+ * gets the total. `sh` holds blockDim.x elements. */
+template <typename T>
+static __device__ __forceinline__ T block_sum(T v, T *sh)
+{
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s)
+            sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    T total = sh[0];
+    __syncthreads();
+    return total;
+}
+
+template <typename T>
+static __device__ __forceinline__ T block_max(T v, T *sh)
+{
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s)
+            sh[threadIdx.x] = sh[threadIdx.x + s] > sh[threadIdx.x] ? sh[threadIdx.x + s] : sh[threadIdx.x];
+        __syncthreads();
+    }
+    T m = sh[0];
+    __syncthreads();
+    return m;
+}
+
+/* ---- entry points (one file per concern) ---------------------------------- */
+
+/* cuda_gemm.cu */
+void cu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
+             const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
+                             float alpha, const float *A, int lda, long long stride_a, const float *B,
+                             int ldb, long long stride_b, float beta, float *C, int ldc,
+                             long long stride_c, int batch);
+void cu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
+                         const float *X, const float *W, float beta, float *Y);
+void cu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
+                        const float *dY, const float *W, float beta, float *dX);
+void cu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
+                        const float *dY, const float *X, float beta, float *dW);
+
+/* cuda_layers.cu */
+void cu_embedding_fwd(const upc_kernels *K, const int32_t *ids, int rows, const float *table, int V,
+                      int d, float *out);
+void cu_embedding_bwd(const upc_kernels *K, const int32_t *ids, int rows, const float *dout, int V,
+                      int d, float *dtable);
+void cu_rmsnorm_fwd(const upc_kernels *K, const float *x, const float *w, float *y, float *rstd,
+                    int rows, int d, float eps);
+void cu_rmsnorm_bwd(const upc_kernels *K, const float *dy, const float *x, const float *w,
+                    const float *rstd, float *dx, float *dw, int rows, int d);
+void cu_rope_fwd(const upc_kernels *K, const float *x, float *y, int B, int T, int H, int hd,
+                 int pos0, const int32_t *pos, float theta);
+void cu_rope_bwd(const upc_kernels *K, const float *dy, float *dx, int B, int T, int H, int hd,
+                 int pos0, const int32_t *pos, float theta);
+void cu_swiglu_fwd(const upc_kernels *K, const float *gate, const float *up, float *out, size_t n);
+void cu_swiglu_bwd(const upc_kernels *K, const float *gate, const float *up, const float *dout,
+                   float *dgate, float *dup, size_t n);
+
+/* cuda_attention.cu */
+void cu_attention_fwd(const upc_kernels *K, const float *q, const float *k, const float *v,
+                      float *out, float *lse, int B, int T, int Hq, int Hkv, int hd);
+void cu_attention_bwd(const upc_kernels *K, const float *q, const float *k, const float *v,
+                      const float *out, const float *lse, const float *dout, float *dq, float *dk,
+                      float *dv, int B, int T, int Hq, int Hkv, int hd);
+
+/* cuda_kvcache.cu */
+void cu_kv_cache_write(const upc_kernels *K, const float *k, const float *v, const int32_t *slots,
+                       int rows, int Hkv, int hd, float *kcache, float *vcache);
+void cu_paged_attention(const upc_kernels *K, const float *q, const float *kcache,
+                        const float *vcache, const int32_t *block_table, int max_blocks,
+                        int block_size, const int32_t *row_seq, const int32_t *row_pos, int rows,
+                        int Hq, int Hkv, int hd, float *out);
+
+/* cuda_loss.cu */
+void cu_cross_entropy_fwd(const upc_kernels *K, const float *logits, const int32_t *targets,
+                          float *loss, float *lse, int rows, int V);
+void cu_cross_entropy_bwd(const upc_kernels *K, const float *logits, const int32_t *targets,
+                          const float *lse, float *dlogits, int rows, int V, float scale);
+
+/* cuda_moe.cu */
+void cu_router_fwd(const upc_kernels *K, const float *logits, float *probs, int32_t *topk_idx,
+                   float *topk_w, int N, int E, int kk, int renorm);
+void cu_router_bwd(const upc_kernels *K, const float *probs, const int32_t *topk_idx,
+                   const float *topk_w, const float *dtopk_w, float *dlogits, int N, int E, int kk,
+                   int renorm);
+void cu_moe_dispatch(const upc_kernels *K, const int32_t *topk_idx, int N, int kk, int E,
+                     int32_t *counts, int32_t *offs, int32_t *perm, int32_t *pos);
+void cu_moe_gather(const upc_kernels *K, const float *X, const int32_t *perm, int N, int kk, int d,
+                   float *Xs);
+void cu_moe_gather_bwd(const upc_kernels *K, const float *dXs, const int32_t *pos, int N, int kk,
+                       int d, float *dX);
+void cu_moe_combine(const upc_kernels *K, const float *Ys, const int32_t *pos, const float *w, int N,
+                    int kk, int d, float beta, float *out);
+void cu_moe_combine_bwd(const upc_kernels *K, const float *dout, const float *Ys,
+                        const int32_t *pos, const float *w, int N, int kk, int d, float *dYs,
+                        float *dw);
+void cu_moe_capacity_drop(const upc_kernels *K, const int32_t *topk_idx, const int32_t *pos,
+                          const int32_t *offs, int N, int kk, int capacity, float *x,
+                          int32_t *dropped);
+
+/* cuda_moe_loss.cu */
+void cu_moe_lb_loss_fwd(const upc_kernels *K, const float *probs, const int32_t *topk_idx, int N,
+                        int E, int kk, float alpha, float *loss);
+void cu_moe_lb_loss_bwd(const upc_kernels *K, const float *probs, const int32_t *topk_idx, int N,
+                        int E, int kk, float alpha, float scale, float *dlogits);
+void cu_moe_z_loss_fwd(const upc_kernels *K, const float *logits, int N, int E, float coef,
+                       float *loss);
+void cu_moe_z_loss_bwd(const upc_kernels *K, const float *logits, int N, int E, float coef,
+                       float scale, float *dlogits);
+
+/* cuda_sort.cu: a stable sort of n int32 keys in [0, key_limit) with their
+ * indices 0..n-1 (CUB radix sort): sorted_idx[s] is the index of the s-th
+ * smallest key (ties in index order); sorted_keys may be NULL. Uses the
+ * scratch. */
+void cuda_stable_sort_indices(const upc_kernels *K, const int32_t *keys, int n, int key_limit,
+                              int32_t *sorted_idx, int32_t *sorted_keys, const char *kernel);
+
+/* cuda_optim.cu */
+void cu_adamw_step(const upc_kernels *K, float *param, const float *grad, float *m, float *v,
+                   size_t n, upc_optim_params hp);
+void cu_lion_step(const upc_kernels *K, float *param, const float *grad, float *m, size_t n,
+                  upc_optim_params hp);
+void cu_sum(const upc_kernels *K, const float *x, size_t n, float *out);
+void cu_sumsq(const upc_kernels *K, const float *x, size_t n, float *out);
+void cu_scale(const upc_kernels *K, float *x, size_t n, float a);
+void cu_axpy(const upc_kernels *K, float *y, const float *x, size_t n, float a);
+void cu_fill(const upc_kernels *K, float *x, size_t n, float value);
+void cu_add(const upc_kernels *K, float *out, const float *a, const float *b, size_t n);
+
+#endif

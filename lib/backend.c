@@ -1,0 +1,71 @@
+/* backend.c: the backend by name. kernels_cuda is a weak reference: in a
+ * build without CUDA it stays NULL and "cuda" is refused with a reason; a
+ * CUDA build links build/libupcyc_gpu.a with -Wl,--undefined=kernels_cuda,
+ * which pulls the definition in (see backend.h). */
+#include "backend.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#pragma weak kernels_cuda
+#pragma weak kernels_cuda_device_name
+
+bool upc_backend_has_cuda(void)
+{
+    return kernels_cuda != NULL;
+}
+
+const char *upc_backend_names(void)
+{
+    return "cpu, cuda, auto";
+}
+
+const char *upc_backend_describe(const upc_kernels *K)
+{
+    static char text[400];
+    if (!K || strcmp(K->name, "cuda") != 0 || !kernels_cuda_device_name)
+        return K ? K->name : "none";
+    snprintf(text, sizeof text, "cuda: %s", kernels_cuda_device_name());
+    return text;
+}
+
+const upc_kernels *upc_backend_find(const char *name, char *why, size_t n)
+{
+    char dummy[1];
+    if (!why || n == 0) {
+        why = dummy;
+        n = sizeof dummy;
+    }
+    why[0] = 0;
+    if (!name || strcmp(name, "cpu") == 0)
+        return kernels_cpu();
+    bool want_cuda = strcmp(name, "cuda") == 0, want_auto = strcmp(name, "auto") == 0;
+    if (!want_cuda && !want_auto) {
+        snprintf(why, n, "unknown device '%s' (expected one of: %s)", name, upc_backend_names());
+        return NULL;
+    }
+    if (!upc_backend_has_cuda()) {
+        if (want_auto)
+            return kernels_cpu();
+        snprintf(why, n, "upcyc was built without CUDA (rebuild with make CUDA=1)");
+        return NULL;
+    }
+    char reason[256];
+    const upc_kernels *K = kernels_cuda(reason, sizeof reason);
+    if (K)
+        return K;
+    if (want_auto)
+        return kernels_cpu();
+    snprintf(why, n, "no CUDA device: %s", reason);
+    return NULL;
+}
+
+const upc_kernels *upc_backend(const char *name)
+{
+    char why[320];
+    const upc_kernels *K = upc_backend_find(name, why, sizeof why);
+    if (!K)
+        upc_fail(EX_USAGE, "--device %s: %s", name, why);
+    return K;
+}

@@ -1,0 +1,45 @@
+/* backend.h: picking the kernel backend (lib/kernels.h) by name, for the
+ * tools' --device option:
+ *
+ *   const upc_kernels *K = upc_backend(name);     "cpu", "cuda" or "auto"
+ *
+ * "auto" is CUDA when this build has it and a device answers, else the CPU.
+ * The CUDA backend lives in gpu/ (build/libupcyc_gpu.a); it is linked into
+ * the tools only when built with CUDA=1, so libupcyc.a never needs it: the
+ * reference to kernels_cuda here is weak, and the Makefile forces the GPU
+ * library's definition in (-Wl,--undefined=kernels_cuda) when it links it. */
+#ifndef UPCYC_BACKEND_H
+#define UPCYC_BACKEND_H
+
+#include "kernels.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* The backend for name, or fail (EX_USAGE) with one line: an unknown name,
+ * "upcyc was built without CUDA (rebuild with make CUDA=1)", or
+ * "no CUDA device: REASON". */
+const upc_kernels *upc_backend(const char *name);
+
+/* The same without failing: NULL and the reason in why[n]. */
+const upc_kernels *upc_backend_find(const char *name, char *why, size_t n);
+
+/* Whether this build has the CUDA backend linked in (a device may still be
+ * missing: upc_backend_find("cuda", ...) says). */
+bool upc_backend_has_cuda(void);
+
+/* The names --device accepts, for usage text: "cpu, cuda, auto". */
+const char *upc_backend_names(void);
+
+/* What K runs on, for logs: "cpu", or "cuda: NVIDIA H200 (sm_90, 132 SMs,
+ * 139.8 GiB)". */
+const char *upc_backend_describe(const upc_kernels *K);
+
+/* Defined by gpu/ (CUDA builds only): the CUDA backend, or NULL with the
+ * reason (no device, no driver) in why[n]. Call through upc_backend. */
+const upc_kernels *kernels_cuda(char *why, size_t n);
+/* "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)" once kernels_cuda succeeded
+ * (gpu/ only: call upc_backend_describe). */
+const char *kernels_cuda_device_name(void);
+
+#endif

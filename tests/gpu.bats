@@ -1,0 +1,98 @@
+#!/usr/bin/env bats
+# gpu: the CUDA backend (gpu/) against the CPU backend: every kernel, a
+# training step, 50 training steps and engine decode (tests/unit/
+# test_gpu_kernels.c, test_gpu_model.c). Without a CUDA build or device these
+# skip, saying why; what runs everywhere: backend selection (lib/backend.h)
+# and the comparison harnesses with the CPU standing in for the GPU.
+
+load helpers
+
+CONFIG="$BATS_TEST_DIRNAME/../configs/tiny.json"
+
+require_unit() {
+    [ -x "$UPCYC_UNIT/$1" ] || skip "unit test binary $1 not built in $UPCYC_UNIT"
+}
+
+# Run a GPU test binary; exit 77 means no CUDA (build or device): skip with
+# its reason.
+run_gpu() {
+    run "$@"
+    if [ "$status" -eq 77 ]; then
+        case "$output" in
+        "no CUDA device: "*) skip "$output" ;;
+        *) skip "no CUDA device: $output" ;;
+        esac
+    fi
+}
+
+@test "backend selection: cpu works, unknown names and unusable cuda fail with one clear line" {
+    require_unit test_gpu_backend
+    run "$UPCYC_UNIT/test_gpu_backend"
+    assert_status 0
+    assert_output_contains "test_gpu_backend: all checks passed"
+    # which case this machine is in, said plainly
+    case "$output" in
+    *"cuda: not in this build (upcyc was built without CUDA"*) ;;
+    *"cuda: built in, no CUDA device: "*) ;;
+    *"cuda: device "*) ;;
+    *) echo "unexpected: $output" >&2; return 1 ;;
+    esac
+}
+
+@test "kernel comparison harness: the CPU against itself is exact (runs without a GPU)" {
+    require_unit test_gpu_kernels
+    run "$UPCYC_UNIT/test_gpu_kernels" --cpu
+    assert_status 0
+    assert_output_contains "test_gpu_kernels: all"
+    ! printf '%s\n' "$output" | grep -E '^FAIL|max_abs [1-9]'
+}
+
+@test "model comparison harness: CPU against itself, a step and decode are exact (runs without a GPU)" {
+    require_unit test_gpu_model
+    run "$UPCYC_UNIT/test_gpu_model" step "$CONFIG" --cpu
+    assert_status 0
+    assert_output_contains "test_gpu_model step: all"
+    assert_output_contains "worst relative L2 error 0.000e+00"
+    run "$UPCYC_UNIT/test_gpu_model" decode "$CONFIG" --cpu
+    assert_status 0
+    assert_output_contains "worst logit difference 0.000e+00"
+}
+
+@test "every CUDA kernel matches the CPU backend within its tolerance" {
+    require_unit test_gpu_kernels
+    run_gpu "$UPCYC_UNIT/test_gpu_kernels"
+    echo "$output"
+    assert_status 0
+    assert_output_contains "test_gpu_kernels: all"
+}
+
+@test "CUDA: bad data seen only on the device fails the tool naming the kernel" {
+    require_unit test_gpu_kernels
+    run_gpu "$UPCYC_UNIT/test_gpu_kernels" --bad-id
+    assert_status 70
+    assert_output_contains "test_gpu_kernels: cuda: embedding_fwd: token id out of range"
+}
+
+@test "CUDA: a training step (dense, MoE 8x2, MoE with capacity) matches the CPU: loss and gradients" {
+    require_unit test_gpu_model
+    run_gpu "$UPCYC_UNIT/test_gpu_model" step "$CONFIG"
+    echo "$output"
+    assert_status 0
+    assert_output_contains "test_gpu_model step: all"
+}
+
+@test "CUDA: 50 training steps track the CPU's loss curve (dense and MoE)" {
+    require_unit test_gpu_model
+    run_gpu "$UPCYC_UNIT/test_gpu_model" train "$CONFIG"
+    echo "$output"
+    assert_status 0
+    assert_output_contains "test_gpu_model train: all"
+}
+
+@test "CUDA: engine prefill and batched decode logits match the CPU engine" {
+    require_unit test_gpu_model
+    run_gpu "$UPCYC_UNIT/test_gpu_model" decode "$CONFIG"
+    echo "$output"
+    assert_status 0
+    assert_output_contains "test_gpu_model decode: all"
+}
