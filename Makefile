@@ -18,8 +18,20 @@ CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 LDFLAGS += -fsanitize=address,undefined
 endif
 
-ALL_CFLAGS  = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -pthread -Ilib $(CFLAGS)
-LDLIBS      = -lmsgpackc -lzstd -lpcre2-8 -ljansson -lyaml -lxxhash -lopenblas -lm
+# OpenBLAS's OpenMP build (Debian's libopenblas-openmp-dev), so BLAS and
+# the kernels share one OpenMP team: the pthreads build keeps a second pool
+# whose threads fight OpenMP's for the cores (bench/train, bench/serve).
+MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null)
+BLAS_DIR   ?= /usr/lib/$(MULTIARCH)/openblas-openmp
+BLAS_CFLAGS = -I/usr/include/$(MULTIARCH)/openblas-openmp
+BLAS_LIBS   = -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas
+
+ALL_CFLAGS  = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -pthread -Ilib $(BLAS_CFLAGS) $(CFLAGS)
+LDLIBS      = -lmsgpackc -lzstd -lpcre2-8 -ljansson -lyaml -lxxhash $(BLAS_LIBS) -lm
+# MPI (lib/dist.c, data-parallel train): its headers for dist.o, its library
+# only for the programs that join a job; the other tools never pull dist.o.
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
+MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null || echo -lmpi)
 ALL_LDFLAGS = -fopenmp -pthread $(LDFLAGS)
 
 LIB_SRC   := $(wildcard lib/*.c)
@@ -36,10 +48,28 @@ CUDA := $(if $(shell command -v $(NVCC) 2>/dev/null),1,0)
 endif
 ifeq ($(CUDA)$(if $(GPU_SRC),y,n),1y)
 GPU_LIB := $(BUILD)/libupcyc_gpu.a
+# One architecture by default (H100/H200), to keep the build short.
+CUDA_HOME ?= /usr/local/cuda
+GPU_ARCH  ?= sm_90
+NVCC_FLAGS := -O2 -arch=$(GPU_ARCH) -Ilib -Xcompiler -Wall,-Wextra,-Wshadow,-Wno-unused-parameter \
+	$(if $(filter -Werror,$(WARN)),-Werror all-warnings)
+# Tools and unit tests link the GPU library: lib/backend.c refers to
+# kernels_cuda weakly, --undefined pulls it in; libupcyc.a again after it
+# for what the GPU code calls (upc_fail).
+ALL_LDFLAGS += -Wl,--undefined=kernels_cuda
+GPU_SYSLIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+GPU_LDLIBS  := $(BUILD)/libupcyc.a $(GPU_SYSLIBS)
 endif
 
-.PHONY: all test demo deps clean check-sanitize
-all: $(TOOL_BINS) $(UNIT_BINS) $(GPU_LIB)
+.PHONY: all test demo deps clean check-sanitize gpu-check
+all: $(TOOL_BINS) $(UNIT_BINS) $(GPU_LIB) $(BUILD)/flags.sh
+
+# What bench/ scripts compile their harnesses with (they source this file).
+$(BUILD)/flags.sh: Makefile | $(BUILD)/lib
+	printf "UPCYC_CFLAGS='%s'\nUPCYC_LIBS='%s'\nUPCYC_GPU_LIBS='%s'\n" \
+	    "-std=c11 -D_GNU_SOURCE -O2 -fopenmp -pthread -I$(abspath lib) $(BLAS_CFLAGS)" \
+	    "$(abspath $(BUILD))/libupcyc.a $(LDLIBS)" \
+	    "-Wl,--undefined=kernels_cuda $(addprefix $(abspath $(BUILD))/,libupcyc.a libupcyc_gpu.a libupcyc.a) $(LDLIBS) $(GPU_SYSLIBS)" > $@
 
 $(BUILD)/%.o: %.c $(wildcard lib/*.h) $(wildcard tests/unit/*.h) | $(BUILD)/lib $(BUILD)/tools $(BUILD)/tests/unit
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
@@ -47,14 +77,17 @@ $(BUILD)/%.o: %.c $(wildcard lib/*.h) $(wildcard tests/unit/*.h) | $(BUILD)/lib 
 $(BUILD)/libupcyc.a: $(LIB_OBJ)
 	$(AR) rcs $@ $^
 
-$(BIN)/%: $(BUILD)/tools/%.o $(BUILD)/libupcyc.a | $(BIN)
-	$(CC) $(ALL_LDFLAGS) $^ $(LDLIBS) -o $@
+$(BIN)/%: $(BUILD)/tools/%.o $(BUILD)/libupcyc.a $(GPU_LIB) | $(BIN)
+	$(CC) $(ALL_LDFLAGS) $^ $(LDLIBS) $(GPU_LDLIBS) -o $@
 
-$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libupcyc.a
-	$(CC) $(ALL_LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/lib/dist.o: ALL_CFLAGS += $(MPI_CFLAGS)
+$(BIN)/train: LDLIBS += $(MPI_LIBS)
 
-$(BUILD)/gpu/%.o: gpu/%.cu | $(BUILD)/gpu
-	$(NVCC) -O2 -Ilib -Xcompiler -Wall,-Wextra -c $< -o $@
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libupcyc.a $(GPU_LIB)
+	$(CC) $(ALL_LDFLAGS) $^ $(LDLIBS) $(GPU_LDLIBS) -o $@
+
+$(BUILD)/gpu/%.o: gpu/%.cu $(wildcard gpu/*.cuh) lib/kernels.h lib/kernels_math.h lib/util.h | $(BUILD)/gpu
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
 $(BUILD)/libupcyc_gpu.a: $(GPU_SRC:%.cu=$(BUILD)/%.o)
 	$(AR) rcs $@ $^
@@ -74,6 +107,11 @@ check-sanitize: deps
 	$(MAKE) SANITIZE=1 BUILD=build-san BIN=build-san/bin all
 	UPCYC_BIN=$(abspath build-san/bin) UPCYC_UNIT=$(abspath build-san/tests) \
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 bats tests/
+
+# The CUDA backend against the CPU on a GPU machine, then bench/gpu (builds
+# with CUDA=1 into build-gpu/; without a GPU it builds, says so, exits 0).
+gpu-check:
+	scripts/gpu-check
 
 demo: deps all
 	BIN=$(abspath $(BIN)) pipelines/demo.sh

@@ -274,11 +274,14 @@ struct upc_kernels {
 const upc_kernels *kernels_cpu(void);
 
 /* Call first thing in main() of a tool that runs the CPU backend: unless
- * the user set OMP_WAIT_POLICY, it re-executes the program with it set to
- * PASSIVE. OpenBLAS (pthreads build) and OpenMP keep separate thread pools;
- * with OpenMP's default spinning, its idle threads take the cores from
- * OpenBLAS's workers between kernels, which halves the training step's
- * speed on two cores (bench/train: 48 -> 98 GFLOP/s). */
+ * the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT, it re-executes the
+ * program with OMP_WAIT_POLICY=PASSIVE and GOMP_SPINCOUNT=10000: idle
+ * OpenMP threads spin about 0.1 ms, then sleep. Decoding runs dozens of
+ * short kernels per token, and waking sleeping threads for each (a futex
+ * round trip, slow in a VM) halved batch-1 decode (bench/serve: 0.43 ->
+ * 0.8 of the bandwidth roofline); spinning for long, libgomp's default,
+ * takes cores from other processes and, with OpenBLAS's pthreads build,
+ * from its workers (hence the OpenMP build of OpenBLAS, see Makefile). */
 void kernels_cpu_prepare_process(char **argv);
 
 #endif

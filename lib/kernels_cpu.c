@@ -114,10 +114,10 @@ const upc_kernels *kernels_cpu(void)
 
 void kernels_cpu_prepare_process(char **argv)
 {
-    if (getenv("OMP_WAIT_POLICY"))
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT"))
         return;
     /* libgomp reads its settings when it loads, before main: only a fresh
-     * image of the program sees the variable. On failure, run as we are. */
-    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0)
+     * image of the program sees them. On failure, run as we are. */
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0 && setenv("GOMP_SPINCOUNT", "10000", 1) == 0)
         execv("/proc/self/exe", argv);
 }

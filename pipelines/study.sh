@@ -12,7 +12,9 @@
 # others again. A failed step stops the pipeline naming the step and its log
 # (OUT/logs/STEP.log).
 #
-#   SCALE=tiny|micro|small   presets below (default tiny: two cores, minutes)
+#   SCALE=tiny|micro|small|paper   presets below (default tiny: two cores,
+#                            minutes; paper: the paper's 436M (PAPER_MODEL=1.4b
+#                            for the larger) on GPUs, with your CORPUS)
 #   OUT=DIR                  results (default study-out)
 #   CORPUS="files"           pretraining text (default: fortune files A..L)
 #   CPT_CORPUS="files"       CPT / upcycling text (default: every fortune file,
@@ -25,6 +27,11 @@
 #   LR_CPT, LR_UP            peak learning rates (the paper: 5e-5 and 1e-4)
 #   LR_SWEEP="a b c"         first train both kinds at the smallest budget with
 #                            each rate and keep the best by validation loss
+#   TOKENIZER=FILE           use this tokenizer (any form `tokenize convert`
+#                            reads: tokenizer.json, tiktoken ranks, GPT-2 files)
+#                            instead of training one
+#   DEVICE=cpu|cuda|auto     the backend of train, evaluate and serve-bench
+#   LAUNCH="mpirun -np 8"    how train runs (data-parallel processes)
 #   BIN=DIR                  where the tools are (default bin)
 set -eu
 
@@ -46,17 +53,35 @@ tiny) # two cores, about ten minutes
     CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-8192} BATCH=8 SEQ=128 DENSE_STEPS=${DENSE_STEPS:-200}
     FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=3e-3 EVAL_LIMIT=200 EVAL_SEQ=128
     SERVE_SCALE=50 SERVE_REQUESTS=32 RATES=${RATES:-"25,50,100,inf"} TRAIN_EVAL_TOKENS=8192 ;;
+paper) # the paper's models and budgets: GPUs, your corpus, days
+    [ -n "${CORPUS:-}" ] || { echo "study: SCALE=paper needs CORPUS (the pretraining text; CPT_CORPUS for the shifted mix)" >&2; exit 64; }
+    [ -n "${TOKENIZER:-}${DENSE:-}" ] || { echo "study: SCALE=paper needs TOKENIZER (cl100k_base.tiktoken: the presets' vocabulary is cl100k_base padded to 100352)" >&2; exit 64; }
+    case ${PAPER_MODEL:-436m} in
+    436m) CONFIG=${CONFIG:-$root/configs/paper-436m.json} PARAMS=436253696 ;;
+    1.4b) CONFIG=${CONFIG:-$root/configs/paper-1.4b.json} PARAMS=1417775104 ;;
+    *) echo "study: PAPER_MODEL=$PAPER_MODEL: expected 436m or 1.4b" >&2; exit 64 ;;
+    esac
+    # 100 tokens per parameter (the paper also ran 230 and 460), batches of
+    # 512 x 4096 tokens (about 2M)
+    BATCH=${BATCH:-512} SEQ=${SEQ:-4096} VOCAB=${VOCAB:-100352}
+    DENSE_STEPS=${DENSE_STEPS:-$(( ${TOKENS_PER_PARAM:-100} * PARAMS / (BATCH * SEQ) ))}
+    FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=${LR_DENSE:-6e-4} EVAL_LIMIT=1000
+    EVAL_SEQ=4096 SERVE_SCALE=1 SERVE_REQUESTS=256 RATES=${RATES:-"2,4,8,16,32,inf"} TRAIN_EVAL_TOKENS=4194304
+    KV_MEMORY=${KV_MEMORY:-32G} LR_CPT=${LR_CPT:-5e-5} LR_UP=${LR_UP:-1e-4} ;;
 small) # CPU hours or one GPU
     CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-16384} BATCH=16 SEQ=512 DENSE_STEPS=${DENSE_STEPS:-3000}
     FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=1e-3 EVAL_LIMIT=1000 EVAL_SEQ=512
     SERVE_SCALE=10 SERVE_REQUESTS=64 RATES=${RATES:-"1,2,4,8,inf"} TRAIN_EVAL_TOKENS=262144 ;;
 *)
-    echo "study: SCALE=$SCALE: expected micro, tiny or small (the paper's scale needs the CUDA backend)" >&2
+    echo "study: SCALE=$SCALE: expected micro, tiny, small or paper" >&2
     exit 64 ;;
 esac
 TOPK=${TOPK:-2}
 LR_CPT=${LR_CPT:-3e-4}
 LR_UP=${LR_UP:-6e-4}
+KV_MEMORY=${KV_MEMORY:-256M}
+DEVICE=${DEVICE:-cpu}
+LAUNCH=${LAUNCH:-}
 
 FORTUNES=/usr/share/games/fortunes
 fortune_files() { find "$FORTUNES" -maxdepth 1 -type f ! -name '*.dat' ! -name '*.u8' | sort; }
@@ -115,6 +140,11 @@ make_tokenizer() {
     # shellcheck disable=SC2086
     tokenize train --vocab-size "$VOCAB" --split "$SPLIT" -o "$OUT/tokenizer.json" $CORPUS
 }
+# train, through LAUNCH when given (mpirun, srun: data-parallel processes)
+run_train() {
+    # shellcheck disable=SC2086
+    $LAUNCH train --device "$DEVICE" "$@"
+}
 make_shards() { # NAME CORPUS...
     n=$1
     shift
@@ -122,7 +152,7 @@ make_shards() { # NAME CORPUS...
         shard --force "$OUT/shards-$n"
 }
 pretrain() {
-    train --init "$CONFIG" --tokenizer "$OUT/tokenizer.json" --data "$OUT/shards-pre/train" \
+    run_train --init "$CONFIG" --tokenizer "$OUT/tokenizer.json" --data "$OUT/shards-pre/train" \
         --val "$OUT/shards-pre/val" --batch "$BATCH" --seq-len "$SEQ" --steps "$DENSE_STEPS" \
         --lr "$LR_DENSE" --warmup $((DENSE_STEPS / 10 + 1)) --force --out "$OUT/runs/dense" > "$OUT/runs/dense.mpk"
 }
@@ -134,7 +164,7 @@ continue_run() { # NAME FROM TOKENS LR
     steps=$(( ($3 + BATCH * SEQ / 2) / (BATCH * SEQ) ))   # nearest: equal FLOPs within half a step
     [ "$steps" -ge 1 ] || steps=1
     # validation every tenth of the run: the report averages the last three
-    train --from "$2" --data "$OUT/shards-cpt/train" --val "$OUT/shards-cpt/val" --batch "$BATCH" \
+    run_train --from "$2" --data "$OUT/shards-cpt/train" --val "$OUT/shards-cpt/val" --batch "$BATCH" \
         --seq-len "$SEQ" --steps "$steps" --lr "$4" --warmup $((steps / 10 + 1)) \
         --eval-every $((steps / 10 > 0 ? steps / 10 : 1)) --eval-tokens "$TRAIN_EVAL_TOKENS" \
         --force --out "$OUT/runs/$1" > "$OUT/runs/$1.mpk"
@@ -142,6 +172,8 @@ continue_run() { # NAME FROM TOKENS LR
 
 if [ -n "${DENSE:-}" ]; then
     step tokenizer cp "$DENSE/tokenizer.json" "$OUT/tokenizer.json"
+elif [ -n "${TOKENIZER:-}" ]; then
+    step tokenizer tokenize convert --tokenizer "$TOKENIZER" -o "$OUT/tokenizer.json"
 else
     step tokenizer make_tokenizer
 fi
@@ -195,16 +227,16 @@ for f in $FRACTIONS; do
     models="$models $OUT/runs/cpt-$f $OUT/runs/upcycled-$f"
 done
 # shellcheck disable=SC2086
-step evaluate sh -c "evaluate --data '$OUT/shards-cpt/val' --suite '$OUT/tasks/icl_tasks.yaml' \
+step evaluate sh -c "evaluate --device $DEVICE --data '$OUT/shards-cpt/val' --suite '$OUT/tasks/icl_tasks.yaml' \
     --gauntlet '$OUT/tasks/eval_gauntlet.yaml' --limit $EVAL_LIMIT --seq-len $EVAL_SEQ $models > '$OUT/eval/evaluate.mpk'"
 
 for m in dense "moe0-top1" "moe0-top$TOPK"; do
-    step "serve-$m" sh -c "serve-bench --model '$OUT/runs/$m' --scale $SERVE_SCALE --requests $SERVE_REQUESTS \
-        --rates $RATES --kv-memory 256M > '$OUT/serve/$m.mpk'"
+    step "serve-$m" sh -c "serve-bench --device $DEVICE --model '$OUT/runs/$m' --scale $SERVE_SCALE \
+        --requests $SERVE_REQUESTS --rates $RATES --kv-memory $KV_MEMORY > '$OUT/serve/$m.mpk'"
 done
 
 cat > "$OUT/settings.txt" <<EOF
-scale $SCALE; config $(basename "$CONFIG"); vocabulary $VOCAB; batch $BATCH x $SEQ tokens; dense pretraining $DENSE_STEPS steps (lr $LR_DENSE); budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP${LR_SWEEP:+ (best of $LR_SWEEP)}; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
+scale $SCALE; device $DEVICE${LAUNCH:+ (train: $LAUNCH)}; config $(basename "$CONFIG"); vocabulary $VOCAB; batch $BATCH x $SEQ tokens; dense pretraining $DENSE_STEPS steps (lr $LR_DENSE); budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP${LR_SWEEP:+ (best of $LR_SWEEP)}; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
 EOF
 rm -f "$OUT/steps/report"   # the report is always rebuilt from the records
 step report "$here/report.sh" "$OUT"

@@ -100,3 +100,24 @@ require_gnuplot() {
     run env SCALE=huge "$BATS_TEST_DIRNAME/../pipelines/study.sh"
     assert_status 64
 }
+
+@test "study: DEVICE reaches train, TOKENIZER replaces training one, SCALE=paper says what it needs" {
+    # a tokenizer given in another form (tiktoken ranks here would do too) is converted, not trained
+    "$UPCYC_BIN/tokenize" train --vocab-size 300 -o "$TMP/tok.json" "$BATS_TEST_DIRNAME/../README.md" 2> /dev/null
+    run env SCALE=micro OUT="$TMP/s3" TOKENIZER="$TMP/tok.json" DEVICE=nope BIN="$UPCYC_BIN" \
+        "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 64
+    assert_output_contains "study: step dense failed"
+    grep -q -- "--device nope: unknown device" "$TMP/s3/logs/dense.log"
+    [ -e "$TMP/s3/steps/tokenizer" ]
+    [ "$(jq '.model.vocab | length' "$TMP/s3/tokenizer.json")" = "$(jq '.model.vocab | length' "$TMP/tok.json")" ]
+    run env SCALE=paper "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 64
+    assert_output_contains "SCALE=paper needs CORPUS"
+    run env SCALE=paper CORPUS=README.md "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 64
+    assert_output_contains "SCALE=paper needs TOKENIZER"
+    run env SCALE=paper PAPER_MODEL=8b CORPUS=README.md TOKENIZER=x "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 64
+    assert_output_contains "expected 436m or 1.4b"
+}

@@ -1,5 +1,6 @@
 /* evaluate: held-out cross-entropy and in-context-learning tasks for one or
  * more checkpoints; `evaluate build` makes tasks from held-out text. */
+#include "backend.h"
 #include "bpe.h"
 #include "icl.h"
 #include "lm_score.h"
@@ -47,6 +48,7 @@ static const char usage[] =
     "  --seed N             few-shot example seed (default: each task's\n"
     "                       fewshot_random_seed, Foundry's 1234)\n"
     "  --threads N          CPU threads (default: OpenMP's choice)\n"
+    "  --device NAME        cpu (default), cuda (when built with it) or auto\n"
     "  -h, --help           show this help\n"
     "  --version            show the version\n"
     "\n"
@@ -61,7 +63,7 @@ static const char usage[] =
     "Counts take suffixes K, M, G (x1000). See evaluate(1).\n";
 
 typedef struct {
-    const char *data, *suite, *gauntlet, *tokenizer, *out;
+    const char *data, *suite, *gauntlet, *tokenizer, *out, *device;
     long long tokens, limit, seq_len, batch, seed, threads, max_items;
     bool force, per_item;
     const char **ckpts;
@@ -115,6 +117,8 @@ static void parse_args(int argc, char **argv, int first, options *o)
             o->seed = upc_parse_int(a, argv[++i], 0, INT64_MAX);
         } else if (strcmp(a, "--threads") == 0 && more) {
             o->threads = upc_parse_int(a, argv[++i], 1, 4096);
+        } else if (strcmp(a, "--device") == 0 && more) {
+            o->device = argv[++i];
         } else if (a[0] == '-' && a[1]) {
             upc_usage_fail("unknown option or missing value: '%s'", a);
         } else {
@@ -131,7 +135,8 @@ static int build(const options *o)
         upc_usage_fail("build needs --data SPLIT, --tokenizer FILE and --out DIR");
     if (o->n_ckpts)
         upc_usage_fail("build takes no checkpoint ('%s')", o->ckpts[0]);
-    if (o->suite || o->gauntlet || o->tokens || o->limit || o->per_item || o->seq_len || o->batch != 8 || o->threads)
+    if (o->suite || o->gauntlet || o->tokens || o->limit || o->per_item || o->seq_len || o->batch != 8 || o->threads ||
+        strcmp(o->device, "cpu") != 0)
         upc_usage_fail("build takes --data, --tokenizer, --out, --max-items, --seed and --force only");
     struct stat st;
     if (lstat(o->out, &st) == 0 && !o->force)
@@ -221,7 +226,7 @@ static void load_model(evaluator *ev, const char *path)
     const char *why = mc_unsupported(&ev->cfg);
     if (why)
         upc_fail(EX_DATAERR, "%s: %s", path, why);
-    ev->m = model_create(kernels_cpu(), &ev->cfg);
+    ev->m = model_create(upc_backend(ev->o->device), &ev->cfg);
     st_reader *r = st_open(path);
     model_load_weights(ev->m, r);
     st_close(r);
@@ -646,7 +651,7 @@ int main(int argc, char **argv)
 {
     kernels_cpu_prepare_process(argv);
     upc_init("evaluate");
-    options o = {.batch = 8, .seed = -1};
+    options o = {.batch = 8, .seed = -1, .device = "cpu"};
     bool is_build = argc > 1 && strcmp(argv[1], "build") == 0;
     parse_args(argc, argv, is_build ? 2 : 1, &o);
     if (o.threads > 0)
@@ -664,6 +669,7 @@ int main(int argc, char **argv)
         upc_usage_fail("--gauntlet needs --suite");
     if (o.tokenizer || o.out || o.max_items || o.force)
         upc_usage_fail("--tokenizer, --out, --max-items and --force belong to `evaluate build`");
+    upc_backend(o.device);   /* a device that is not there fails here, before any output */
     icl_suite suite = {0};
     gauntlet g = {0};
     if (o.suite)

@@ -1,6 +1,8 @@
 /* train: pretrain a dense model from a config, continue pretraining a
  * checkpoint, or train an upcycled MoE checkpoint; save, resume exactly. */
+#include "backend.h"
 #include "bpe.h"
+#include "dist.h"
 #include "lm_score.h"
 #include "loader.h"
 #include "lr_schedule.h"
@@ -16,6 +18,7 @@
 #include <glob.h>
 #include <signal.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <math.h>
 #include <omp.h>
 #include <stdbool.h>
@@ -53,8 +56,8 @@ static const char usage[] =
     "length and batch:\n"
     "  --steps N            optimizer steps in the whole run\n"
     "  --tokens N           or a token budget: ceil(N / (batch * seq-len)) steps\n"
-    "  --batch B            sequences per step (default 8)\n"
-    "  --micro-batch M      sequences per forward/backward, divides B (default B)\n"
+    "  --batch B            sequences per step, over all processes (default 8)\n"
+    "  --micro-batch M      sequences per forward/backward, divides B/N (default B/N)\n"
     "  --seq-len T          tokens per sequence (default 256)\n"
     "\n"
     "optimization:\n"
@@ -76,9 +79,19 @@ static const char usage[] =
     "  --eval-tokens N      tokens per validation, 0 = the whole split (default 0)\n"
     "  --save-every N       save every N steps (default 0: only at the end)\n"
     "  --threads N          CPU threads (default: OpenMP's choice)\n"
-    "  --device NAME        cpu (default; cuda when built with it)\n"
+    "  --device NAME        cpu (default), cuda (when built with it) or auto\n"
     "  -h, --help           show this help\n"
     "  --version            show the version\n"
+    "\n"
+    "multi-process (data-parallel) training:\n"
+    "  mpirun -np N train ... (or srun --mpi=pmix) trains one model in N processes:\n"
+    "  each takes B/N of every step's B windows (N must divide B), the gradients\n"
+    "  are summed over processes, and every process takes the same step, so the\n"
+    "  run is the one-process run with the same options and --micro-batch, up to\n"
+    "  float summation order. Process 0 alone writes the records and checkpoints\n"
+    "  and validates. A resume may change N. Give --threads so that N x threads\n"
+    "  fits the cores. A signal to any process stops all after the same step;\n"
+    "  to stop mpirun's job, send SIGUSR1 to mpirun (exit 138), not SIGTERM.\n"
     "\n"
     "Counts take suffixes K, M, G (x1000). Paths are stored resolved. See train(1).\n";
 
@@ -227,6 +240,7 @@ static json_t *settings_to_json(options *o, const bool *given)
         }
         json_object_set_new(j, s->name + 2, v);
     }
+    json_object_set_new(j, "world_size", json_integer(dist_world()));
     return j;
 }
 
@@ -297,7 +311,38 @@ typedef struct {
     int64_t *dropped;             /* [L] assignments past capacity this step */
     bool tty;
     bool saved;                   /* the checkpoint in --out is this run's or its parent's */
+    int rank, world;              /* this process in the data-parallel job (dist.h) */
+    bool root;                    /* rank 0: writes records and checkpoints, validates */
 } run;
+
+/* A warning that every process would give alike: process 0 gives it. */
+static void warn_once(const run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warn_once(const run *r, const char *fmt, ...)
+{
+    if (!r->root)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    upc_vwarn(fmt, ap);
+    va_end(ap);
+}
+
+/* A failure every process reached together (the same data after the same
+ * collectives): process 0 says why, every process leaves the job properly
+ * and exits with code, so nothing is aborted and the message is said once. */
+static void fail_together(const run *r, int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
+static void fail_together(const run *r, int code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dist_finalize();
+    if (r->root)
+        upc_fail(code, "%s", msg);
+    exit(code);
+}
 
 static double now(void)
 {
@@ -374,9 +419,9 @@ static void build_model(run *r, const bool *given)
         upc_usage_fail("--seq-len %lld exceeds the model's max_position_embeddings %lld", o->seq_len,
                        (long long)r->cfg.max_position_embeddings);
     if (r->cfg.moe && r->cfg.router_jitter_noise > 0)
-        upc_warn("%s: router_jitter_noise %g is not implemented; training without jitter", src,
+        warn_once(r, "%s: router_jitter_noise %g is not implemented; training without jitter", src,
                  r->cfg.router_jitter_noise);
-    r->m = model_create(kernels_cpu(), &r->cfg);
+    r->m = model_create(upc_backend(o->device), &r->cfg);
     if (o->init && !o->resume) {
         model_init_weights(r->m, (uint64_t)o->seed);
     } else {
@@ -436,6 +481,8 @@ static void remove_stale_saves(const char *out)
 
 static void save_checkpoint(run *r)
 {
+    if (!r->root)
+        return;
     const char *out = r->o.out;
     char tmp[PATH_MAX + 32];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid());
@@ -489,7 +536,7 @@ static void pack_eval(run *r, double ce, long long n_targets, double wall)
  * validation split (all of it with 0), the same tokens every time. */
 static void evaluate(run *r)
 {
-    if (!r->val)
+    if (!r->val)   /* opened by process 0 only */
         return;
     double t0 = now();
     long long n;
@@ -517,7 +564,7 @@ static void pack_start(run *r)
 {
     mc_params p = mc_param_count(&r->cfg);
     msgpack_packer *pk = &r->rec.pk;
-    msgpack_pack_map(pk, 12);
+    msgpack_pack_map(pk, 13);
     mpk_pack_key_str(pk, "event", "train_start");
     mpk_pack_key_str(pk, "out", r->o.out);
     mpk_pack_key_str(pk, "mode", r->o.resume ? "resume" : r->o.from ? "from" : "init");
@@ -529,6 +576,7 @@ static void pack_start(run *r)
     mpk_pack_key_int(pk, "batch", r->o.batch);
     mpk_pack_key_int(pk, "seq_len", r->o.seq_len);
     mpk_pack_key_int(pk, "threads", r->st.threads);
+    mpk_pack_key_int(pk, "world_size", r->world);
     mpk_pack_key_str(pk, "device", r->m->K->name);
     mpk_writer_emit(&r->rec);
 }
@@ -588,14 +636,94 @@ static void pack_end(run *r, int signo)
     mpk_writer_emit(&r->rec);
 }
 
-/* One optimizer step over a batch of --batch windows, in micro-batches. */
-static void train_step(run *r, long long step)
+static volatile sig_atomic_t stop_signal;
+
+/* SIGUSR1 stops the run like SIGTERM: mpirun forwards it to every rank,
+ * while a SIGTERM to mpirun itself kills the ranks within a second. */
+static void on_stop_request(int sig)
+{
+    if (!stop_signal)
+        stop_signal = sig;
+}
+
+/* --batch is the global batch: each of the N processes takes B/N windows of
+ * it, in micro-batches of M (default B/N). A resumed run may change N (the
+ * data order does not depend on it) but keeps M, which decides what the MoE
+ * balance losses and capacities are computed over. */
+static void split_batch(run *r, bool micro_given, const json_t *stored)
+{
+    options *o = &r->o;
+    long long n = r->world;
+    if (!micro_given)
+        o->micro_batch = o->batch / n ? o->batch / n : 1;
+    json_t *was = stored ? json_object_get(stored, "world_size") : NULL;
+    long long saved_on = json_is_integer(was) ? json_integer_value(was) : 1;
+    if (o->resume && saved_on != n)
+        warn_once(r, "resuming on %lld processes, the run was saved on %lld: the losses will differ in the last bits",
+                  n, saved_on);
+    if (n == 1) {
+        if (o->batch % o->micro_batch)
+            upc_usage_fail("--micro-batch %lld does not divide --batch %lld", o->micro_batch, o->batch);
+        return;
+    }
+    if (o->batch % n)
+        fail_together(r, EX_USAGE, "--batch %lld does not split over %lld processes: give a multiple of %lld (see %s --help)",
+                      o->batch, n, n, upc_progname);
+    if ((o->batch / n) % o->micro_batch)
+        fail_together(r, EX_USAGE,
+                      "--micro-batch %lld does not divide the %lld windows per process (--batch %lld over %lld)%s (see %s --help)",
+                      o->micro_batch, o->batch / n, o->batch, n,
+                      o->resume ? "; a resume keeps the run's micro-batch unless given" : "", upc_progname);
+}
+
+/* What the processes share after their micro-batches: the gradients (summed),
+ * the loss parts, target tokens and expert counts (summed, for the records),
+ * and, agreed by maximum, a stop signal any of them received. Every process
+ * then holds the same gradients and takes the same step. */
+static int share_step(run *r, model_loss *sum, long long *step_tokens)
+{
+    model *m = r->m;
+    dist_allreduce_sum(m->grads, m->n_floats, DIST_F32);
+    double parts[5] = {sum->total, sum->ce, sum->lb, sum->z, (double)*step_tokens};
+    dist_allreduce_sum(parts, 5, DIST_F64);
+    *sum = (model_loss){.total = parts[0], .ce = parts[1], .lb = parts[2], .z = parts[3]};
+    *step_tokens = (long long)parts[4];
+    if (r->load) {
+        dist_allreduce_sum(r->load, (size_t)m->L * m->E, DIST_I64);
+        dist_allreduce_sum(r->dropped, (size_t)m->L, DIST_I64);
+    }
+    double sig = stop_signal;
+    dist_allreduce_max(&sig, 1);
+    return (int)sig;
+}
+
+/* The gradient norm, the same on every process: they hold the same summed
+ * gradients, and a process whose norm differs (an all-reduce that gave the
+ * ranks different bits) would drift from the others, so that is refused. */
+static double agreed_grad_norm(run *r, long long step)
+{
+    double gnorm = optim_grad_norm(r->opt, r->m);
+    if (r->world == 1)
+        return gnorm;
+    double span[2] = {isfinite(gnorm) ? gnorm : INFINITY, isfinite(gnorm) ? -gnorm : INFINITY};
+    dist_allreduce_max(span, 2);
+    if (span[0] != -span[1] && isfinite(span[0]) && isfinite(span[1]))
+        upc_fail(EX_SOFTWARE, "step %lld: the processes disagree on the gradient norm (%.17g .. %.17g)", step,
+                 -span[1], span[0]);
+    return isfinite(span[0]) && isfinite(span[1]) ? gnorm : NAN;
+}
+
+/* One optimizer step over a batch of --batch windows: this process's share
+ * of them (windows rank*B/N .. (rank+1)*B/N - 1) in micro-batches, then the
+ * shared gradients. Returns the stop signal the processes agreed on, or 0. */
+static int train_step(run *r, long long step)
 {
     model *m = r->m;
     double t0 = now();
     const loader_batch *b = loader_next(r->train);
     size_t mb = (size_t)r->o.micro_batch, T = (size_t)r->o.seq_len;
-    size_t accum = (size_t)r->o.batch / mb;
+    size_t share = (size_t)r->o.batch / (size_t)r->world, first = (size_t)r->rank * share;
+    size_t accum = share / mb, parts = accum * (size_t)r->world;
     model_loss sum = {0};
     long long step_tokens = 0;
     if (r->load) {
@@ -604,16 +732,17 @@ static void train_step(run *r, long long step)
     }
     model_zero_grads(m);
     for (size_t a = 0; a < accum; a++) {
-        step_tokens += (long long)loader_batch_windows(b, T, a * mb, mb, r->ids, r->targets);
+        step_tokens += (long long)loader_batch_windows(b, T, first + a * mb, mb, r->ids, r->targets);
         model_loss l;
         model_forward(m, r->ids, r->targets, (int)mb, (int)T, &l);
-        /* full windows: every micro-batch has mb*T targets, so the batch
-         * mean is the mean of the micro-batch means */
-        model_backward(m, 1.0f / (float)accum);
-        sum.total += l.total / (double)accum;
-        sum.ce += l.ce / (double)accum;
-        sum.lb += l.lb / (double)accum;
-        sum.z += l.z / (double)accum;
+        /* full windows: every micro-batch of every process has mb*T targets,
+         * so the mean over the global batch's tokens is the mean of the
+         * micro-batch means */
+        model_backward(m, 1.0f / (float)parts);
+        sum.total += l.total / (double)parts;
+        sum.ce += l.ce / (double)parts;
+        sum.lb += l.lb / (double)parts;
+        sum.z += l.z / (double)parts;
         if (r->load) {
             for (size_t i = 0; i < (size_t)m->L * m->E; i++)
                 r->load[i] += m->expert_counts[i];
@@ -621,12 +750,13 @@ static void train_step(run *r, long long step)
                 r->dropped[li] += m->capacity_factor > 0 ? m->dropped_counts[li] : 0;
         }
     }
-    double gnorm = optim_grad_norm(r->opt, m);
+    int signo = share_step(r, &sum, &step_tokens);
+    double gnorm = agreed_grad_norm(r, step);
     if (!isfinite(sum.total) || !isfinite(gnorm))
-        upc_fail(EX_SOFTWARE,
-                 "step %lld: the loss is %g and the gradient norm %g (diverged; lower --lr or add --warmup); %s%s",
-                 step, sum.total, gnorm, r->saved ? r->o.out : "nothing was saved",
-                 r->saved ? " keeps the last save" : "");
+        fail_together(r, EX_SOFTWARE,
+                      "step %lld: the loss is %g and the gradient norm %g (diverged; lower --lr or add --warmup); %s%s",
+                      step, sum.total, gnorm, r->saved ? r->o.out : "nothing was saved",
+                      r->saved ? " keeps the last save" : "");
     double lr = lr_at(&r->sched, step);
     double scale = r->o.clip > 0 && gnorm > r->o.clip ? r->o.clip / gnorm : 1.0;
     optim_step(r->opt, m, lr, scale);
@@ -642,9 +772,9 @@ static void train_step(run *r, long long step)
         fprintf(stderr, "\r\033[Ktrain: step %lld/%lld  loss %.4f  lr %.3g  %.4g tok/s  ETA %s", step,
                 r->total_steps, sum.total, lr, rate, eta);
     }
+    return signo;
 }
 
-static volatile sig_atomic_t stop_signal;
 
 int main(int argc, char **argv)
 {
@@ -664,6 +794,10 @@ int main(int argc, char **argv)
     };
     bool given[NSPECS] = {0};
     parse_args(argc, argv, o, given);
+    dist_init(&argc, &argv);
+    R.rank = dist_rank();
+    R.world = dist_world();
+    R.root = dist_is_root();
     json_t *stored = NULL;
 
     if (!o->out)
@@ -671,8 +805,7 @@ int main(int argc, char **argv)
     size_t n = strlen(o->out);
     while (n > 1 && o->out[n - 1] == '/')
         ((char *)o->out)[--n] = 0;
-    if (strcmp(o->device, "cpu") != 0)
-        upc_fail(EX_UNAVAILABLE, "--device %s: this build has only the cpu backend", o->device);
+    upc_backend(o->device);   /* a device that is not there fails here, before any output */
     char *state_path = upc_path_join(o->out, TRAIN_STATE_NAME);
     if (o->resume) {
         if (!exists(state_path))
@@ -693,13 +826,11 @@ int main(int argc, char **argv)
     }
     if (!o->data)
         upc_usage_fail("missing --data DIR");
-    remove_stale_saves(o->out);
+    if (R.root)
+        remove_stale_saves(o->out);
     if ((o->steps > 0) + (o->tokens > 0) != 1)
         upc_usage_fail("give one of --steps N or --tokens N");
-    if (!was_given(given, "--micro-batch"))
-        o->micro_batch = o->batch;
-    if (o->batch % o->micro_batch)
-        upc_usage_fail("--micro-batch %lld does not divide --batch %lld", o->micro_batch, o->batch);
+    split_batch(&R, was_given(given, "--micro-batch"), stored);
     lr_shape shape;
     if (!lr_shape_parse(o->schedule, &shape))
         upc_usage_fail("--schedule: expected cosine, linear or constant, got '%s'", o->schedule);
@@ -707,13 +838,19 @@ int main(int argc, char **argv)
         omp_set_num_threads((int)o->threads);
     int threads = omp_get_max_threads();
     if (o->resume && R.st.threads && R.st.threads != threads)
-        upc_warn("resuming on %d threads, the run was saved on %d: the losses will differ in the last bits",
+        warn_once(&R, "resuming on %d threads, the run was saved on %d: the losses will differ in the last bits",
                  threads, R.st.threads);
     R.st.threads = threads;
 
     /* Refuse a terminal for the records before any work; discard them there. */
-    R.tty = isatty(STDERR_FILENO);
-    if (isatty(STDOUT_FILENO)) {
+    R.tty = R.root && isatty(STDERR_FILENO);
+    if (!R.root) {
+        mpk_writer_open(&R.rec, "/dev/null");   /* process 0 writes the records */
+    } else if (isatty(STDOUT_FILENO) && dist_joined()) {
+        /* mpirun hands its ranks a pseudo-terminal whatever its own stdout
+         * is: write through it (as a device, which is not refused) */
+        mpk_writer_open(&R.rec, "/dev/stdout");
+    } else if (isatty(STDOUT_FILENO)) {
         upc_warn("stdout is a terminal: records are not written (redirect them to a file or | records json)");
         mpk_writer_open(&R.rec, "/dev/null");
     } else {
@@ -742,9 +879,9 @@ int main(int argc, char **argv)
     }
     check_tokenizer(&R, tok, loader_index(R.train));
     if (!R.tokenizer_json)
-        upc_warn("no tokenizer to store in %s (--tokenizer FILE adds one)", o->out);
+        warn_once(&R, "no tokenizer to store in %s (--tokenizer FILE adds one)", o->out);
     R.saved = o->resume;
-    if (o->val) {
+    if (o->val && R.root) {
         R.val = open_split(&R, o->val, true, (size_t)o->micro_batch);
         check_data(&R, R.val, "validation");
     }
@@ -761,14 +898,13 @@ int main(int argc, char **argv)
     R.st.settings = settings_to_json(o, given);
 
     upc_defer_signals(&stop_signal);
+    signal(SIGUSR1, on_stop_request);
     pack_start(&R);
     int signo = 0;
     for (long long step = R.st.step + 1; step <= R.total_steps; step++) {
-        train_step(&R, step);
-        if (stop_signal) {
-            signo = stop_signal;
+        signo = train_step(&R, step);
+        if (signo)
             break;
-        }
         bool last = step == R.total_steps;
         if (o->eval_every > 0 && step % o->eval_every == 0 && !last)
             evaluate(&R);
@@ -783,8 +919,9 @@ int main(int argc, char **argv)
     pack_end(&R, signo);
     mpk_writer_commit(&R.rec);
     if (signo)
-        upc_warn("stopped by signal %d after step %lld; saved to %s (continue with --resume)", signo, R.st.step, o->out);
-    else
+        warn_once(&R, "stopped by signal %d after step %lld; saved to %s (continue with --resume)", signo, R.st.step,
+                  o->out);
+    else if (R.root)
         fprintf(stderr, "train: %lld steps, %lld tokens in %.1f s; saved to %s\n", R.st.step, R.st.tokens,
                 R.st.elapsed_s, o->out);
 
@@ -805,5 +942,6 @@ int main(int argc, char **argv)
     json_decref(stored);
     for (size_t i = 0; i < n_resolved; i++)
         free(resolved[i]);
+    dist_finalize();
     return signo ? 128 + signo : 0;
 }
