@@ -805,7 +805,10 @@ int main(int argc, char **argv)
     size_t n = strlen(o->out);
     while (n > 1 && o->out[n - 1] == '/')
         ((char *)o->out)[--n] = 0;
-    upc_backend(o->device);   /* a device that is not there fails here, before any output */
+    /* a device that is not there fails here, before any output */
+    if (R.world > 1 && strcmp(upc_backend(o->device)->name, "cpu") != 0)
+        fail_together(&R, EX_USAGE, "--device %s: several processes train on the CPU backend only so far "
+                      "(gradients are summed in host memory; the NCCL path is not written)", o->device);
     char *state_path = upc_path_join(o->out, TRAIN_STATE_NAME);
     if (o->resume) {
         if (!exists(state_path))
