@@ -196,7 +196,16 @@ static int init_device(void)
         snprintf(init_why, sizeof init_why, "cudaGetDeviceCount found no device");
         return -1;
     }
+    /* one GPU per process of a job on a node: the local rank picks it */
     int dev = 0;
+    const char *local[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"};
+    for (size_t i = 0; i < sizeof local / sizeof *local; i++) {
+        const char *lr = getenv(local[i]);
+        if (lr && *lr) {
+            dev = atoi(lr) % count;
+            break;
+        }
+    }
     const char *env = getenv("UPC_CUDA_DEVICE");
     if (env && *env) {
         char *end;

@@ -312,6 +312,7 @@ typedef struct {
     bool tty;
     bool saved;                   /* the checkpoint in --out is this run's or its parent's */
     int rank, world;              /* this process in the data-parallel job (dist.h) */
+    float *grads_host;            /* staging for summing a device backend's gradients */
     bool root;                    /* rank 0: writes records and checkpoints, validates */
 } run;
 
@@ -683,7 +684,17 @@ static void split_batch(run *r, bool micro_given, const json_t *stored)
 static int share_step(run *r, model_loss *sum, long long *step_tokens)
 {
     model *m = r->m;
-    dist_allreduce_sum(m->grads, m->n_floats, DIST_F32);
+    if (strcmp(m->K->name, "cpu") == 0) {
+        dist_allreduce_sum(m->grads, m->n_floats, DIST_F32);
+    } else {
+        /* device gradients go through host memory (an NCCL all-reduce of the
+         * device buffer would skip the two copies) */
+        if (!r->grads_host)
+            r->grads_host = upc_malloc(m->n_floats * sizeof(float));
+        m->K->download(m->K, r->grads_host, m->grads, m->n_floats * sizeof(float));
+        dist_allreduce_sum(r->grads_host, m->n_floats, DIST_F32);
+        m->K->upload(m->K, m->grads, r->grads_host, m->n_floats * sizeof(float));
+    }
     double parts[5] = {sum->total, sum->ce, sum->lb, sum->z, (double)*step_tokens};
     dist_allreduce_sum(parts, 5, DIST_F64);
     *sum = (model_loss){.total = parts[0], .ce = parts[1], .lb = parts[2], .z = parts[3]};
@@ -805,10 +816,7 @@ int main(int argc, char **argv)
     size_t n = strlen(o->out);
     while (n > 1 && o->out[n - 1] == '/')
         ((char *)o->out)[--n] = 0;
-    /* a device that is not there fails here, before any output */
-    if (R.world > 1 && strcmp(upc_backend(o->device)->name, "cpu") != 0)
-        fail_together(&R, EX_USAGE, "--device %s: several processes train on the CPU backend only so far "
-                      "(gradients are summed in host memory; the NCCL path is not written)", o->device);
+    upc_backend(o->device);   /* a device that is not there fails here, before any output */
     char *state_path = upc_path_join(o->out, TRAIN_STATE_NAME);
     if (o->resume) {
         if (!exists(state_path))
@@ -934,6 +942,7 @@ int main(int argc, char **argv)
     free(R.targets);
     free(R.load);
     free(R.dropped);
+    free(R.grads_host);
     free(R.tokenizer_json);
     if (R.val)
         loader_close(R.val);
