@@ -7,6 +7,7 @@
  * window. Built and run by bench/evaluate; never part of make test.
  *
  *   bench-evaluate CONFIG B T REPEATS    prints one line of key=value pairs */
+#include "bench.h"
 #include "lm_score.h"
 #include "model.h"
 #include "model_config.h"
@@ -16,19 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv)
 {

@@ -2,6 +2,7 @@
  * baseline and on the shapes a Llama/MoE layer runs, as GFLOP/s and as a
  * ratio to the square baseline measured in the same run (medians of 5).
  * Built and run by bench/gemm; never part of make test. */
+#include "bench.h"
 #include "kernels.h"
 #include "util.h"
 
@@ -10,19 +11,6 @@
 #include <time.h>
 
 static const upc_kernels *K;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static float *buffer(size_t n)
 {

@@ -13,6 +13,7 @@
  *                                          against a device-to-device copy's
  *                                          GB/s measured in the same process
  * SHAPE is a lib/shapes.h name (436m, 436m-moe8x2, ...), random weights. */
+#include "bench.h"
 #include "backend.h"
 #include "engine.h"
 #include "model.h"
@@ -25,25 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *t, int n)
-{
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 static const upc_kernels *cuda_or_skip(void)
 {

@@ -8,6 +8,7 @@
  *   FFN weight, as effective GB/s.
  * Built and run by bench/serve; never part of make test.
  *   bench-serve CONFIG   prints key=value lines */
+#include "bench.h"
 #include "engine.h"
 #include "model.h"
 #include "model_config.h"
@@ -21,25 +22,6 @@
 #include <time.h>
 
 void openblas_set_num_threads(int);
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median5(double *t)
-{
-    qsort(t, 5, sizeof *t, cmp_double);
-    return t[2];
-}
 
 /* GB/s of reading a buffer of `bytes` over and over on every thread: the
  * same size as the weights, so the same cache regime as decoding them. */
@@ -72,7 +54,7 @@ static double read_bandwidth(size_t bytes)
         sink += s;
     }
     free(a);
-    return (double)n * sizeof(float) / median5(t) / 1e9;
+    return (double)n * sizeof(float) / median(t, 5) / 1e9;
 }
 
 /* Decode tokens/s with `batch` sequences, each prefilled 16 tokens. */
@@ -158,7 +140,7 @@ int main(int argc, char **argv)
             K->gemm(K, 0, 1, 1, F, dd, 1.0f, x, dd, W, dd, 0.0f, y, F);
         t[r] = (now() - t0) / 20;
     }
-    double ours = (double)F * dd * 4 / median5(t) / 1e9;
+    double ours = (double)F * dd * 4 / median(t, 5) / 1e9;
     openblas_set_num_threads(1);
     for (int r = 0; r < 5; r++) {
         double t0 = now();
@@ -166,7 +148,7 @@ int main(int argc, char **argv)
             cblas_sgemv(CblasRowMajor, CblasNoTrans, F, dd, 1.0f, W, dd, x, 1, 0.0f, y, 1);
         t[r] = (now() - t0) / 20;
     }
-    double blas1 = (double)F * dd * 4 / median5(t) / 1e9;
+    double blas1 = (double)F * dd * 4 / median(t, 5) / 1e9;
     printf("weight_%dx%d skinny_gemm_gbs=%.2f openblas_sgemv_1thread_gbs=%.2f\n", F, dd, ours, blas1);
     free(W), free(x), free(y);
     model_free(m);

@@ -3,6 +3,7 @@
  * The text is cut into ~64 KB chunks at line ends (documents), encoded by
  * THREADS threads with a scratch each; prints one line per run and the
  * median: "median_mb_s X tokens N". */
+#include "bench.h"
 #include "bpe.h"
 #include "util.h"
 
@@ -11,19 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv)
 {

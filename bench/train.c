@@ -6,6 +6,7 @@
  *
  *   bench-train CONFIG B T STEPS [--moe E K] [--sgemm]
  * prints one line of key=value pairs. */
+#include "bench.h"
 #include "model.h"
 #include "model_config.h"
 #include "optim.h"
@@ -17,19 +18,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* GFLOP/s of C[m][n] = A[m][k] B[n][k]^T (an HF linear), median of 5. */
 static double sgemm_gflops(const upc_kernels *K, int m, int n, int k)
