@@ -52,7 +52,7 @@ micro) # the end-to-end test: seconds
 tiny) # two cores, about ten minutes
     CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-8192} BATCH=8 SEQ=128 DENSE_STEPS=${DENSE_STEPS:-200}
     FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=3e-3 EVAL_LIMIT=200 EVAL_SEQ=128
-    SERVE_SCALE=50 SERVE_REQUESTS=32 RATES=${RATES:-"25,50,100,inf"} TRAIN_EVAL_TOKENS=8192 ;;
+    SERVE_SCALE=50 SERVE_REQUESTS=96 RATES=${RATES:-"25,50,100,inf"} TRAIN_EVAL_TOKENS=8192 ;;
 paper) # the paper's models and budgets: GPUs, your corpus, days
     [ -n "${CORPUS:-}" ] || { echo "study: SCALE=paper needs CORPUS (the pretraining text; CPT_CORPUS for the shifted mix)" >&2; exit 64; }
     [ -n "${TOKENIZER:-}${DENSE:-}" ] || { echo "study: SCALE=paper needs TOKENIZER (cl100k_base.tiktoken: the presets' vocabulary is cl100k_base padded to 100352)" >&2; exit 64; }
