@@ -192,9 +192,8 @@ void lm_score_seqs(lm_scorer *s, const lm_seq *seqs, size_t n, lm_seq_score *out
             }
             if (x->done)
                 continue;
-            int chunk = rows_that_fit(s, x->seq, (x->n - 1 - x->placed) < LM_SCORE_ROWS - rows
-                                                     ? x->n - 1 - x->placed
-                                                     : LM_SCORE_ROWS - rows);
+            int left = x->n - 1 - x->placed, room = LM_SCORE_ROWS - rows;
+            int chunk = rows_that_fit(s, x->seq, left < room ? left : room);
             for (int p = x->placed; p < x->placed + chunk; p++, rows++) {
                 s->seqs[rows] = x->seq;
                 s->ids[rows] = x->w[p];
