@@ -81,20 +81,7 @@ static __global__ void router_bwd_kernel(const float *probs, const int32_t *topk
             cuda_flag(err, CUDA_ERR_ROUTER_BWD_IDX);
             continue;
         }
-        double dot = 0.0;
-        if (renorm) {
-            for (int j = 0; j < kk; j++)
-                dot += (double)w[j] * dw[j];
-            for (int j = 0; j < kk; j++)
-                dl[idx[j]] = upc_softmax_bwd_elem(w[j], dw[j], (float)dot);
-        } else {
-            for (int j = 0; j < kk; j++)
-                dot += (double)p[idx[j]] * dw[j];
-            for (int e = 0; e < E; e++)
-                dl[e] = upc_softmax_bwd_elem(p[e], 0.0f, (float)dot);
-            for (int j = 0; j < kk; j++)
-                dl[idx[j]] = upc_softmax_bwd_elem(p[idx[j]], dw[j], (float)dot);
-        }
+        upc_router_bwd_row(p, idx, w, dw, dl, E, kk, renorm);
     }
 }
 

@@ -82,24 +82,7 @@ void cpu_router_bwd(const upc_kernels *K, const float *probs, const int32_t *top
         const float *p = probs + (size_t)n * E;
         const int32_t *idx = topk_idx + (size_t)n * kk;
         const float *w = topk_w + (size_t)n * kk, *dw = dtopk_w + (size_t)n * kk;
-        float *dl = dlogits + (size_t)n * E;
-        memset(dl, 0, (size_t)E * sizeof(float));
-        double dot = 0.0;
-        if (renorm) {
-            /* w = softmax over the chosen logits: the others get nothing. */
-            for (int j = 0; j < kk; j++)
-                dot += (double)w[j] * dw[j];
-            for (int j = 0; j < kk; j++)
-                dl[idx[j]] = upc_softmax_bwd_elem(w[j], dw[j], (float)dot);
-        } else {
-            /* w = chosen entries of the full softmax. */
-            for (int j = 0; j < kk; j++)
-                dot += (double)p[idx[j]] * dw[j];
-            for (int e = 0; e < E; e++)
-                dl[e] = upc_softmax_bwd_elem(p[e], 0.0f, (float)dot);
-            for (int j = 0; j < kk; j++)
-                dl[idx[j]] = upc_softmax_bwd_elem(p[idx[j]], dw[j], (float)dot);
-        }
+        upc_router_bwd_row(p, idx, w, dw, dlogits + (size_t)n * E, E, kk, renorm);
     }
 }
 

@@ -5,6 +5,7 @@
 #define UPCYC_KERNELS_MATH_H
 
 #include <math.h>
+#include <stdint.h>
 
 #ifdef __CUDACC__
 /* `static inline` is already on every helper (a second inline would be a
@@ -108,6 +109,32 @@ static inline UPC_HD void upc_softmax_merge(float *m, float *l, float m2, float 
 static inline UPC_HD float upc_softmax_bwd_elem(float p, float g, float dot)
 {
     return p * (g - dot);
+}
+
+/* One token's router backward (kernels.h router_bwd): the gradients dw
+ * [kk] of its combine weights w [kk] (experts idx [kk], softmax probs p
+ * [E]) to its router logits dl [E], overwritten. */
+static inline UPC_HD void upc_router_bwd_row(const float *p, const int32_t *idx, const float *w, const float *dw,
+                                             float *dl, int E, int kk, int renorm)
+{
+    double dot = 0.0;
+    if (renorm) {
+        /* w = softmax over the chosen logits: the others get nothing */
+        for (int e = 0; e < E; e++)
+            dl[e] = 0.0f;
+        for (int j = 0; j < kk; j++)
+            dot += (double)w[j] * dw[j];
+        for (int j = 0; j < kk; j++)
+            dl[idx[j]] = upc_softmax_bwd_elem(w[j], dw[j], (float)dot);
+    } else {
+        /* w = the chosen entries of the full softmax */
+        for (int j = 0; j < kk; j++)
+            dot += (double)p[idx[j]] * dw[j];
+        for (int e = 0; e < E; e++)
+            dl[e] = upc_softmax_bwd_elem(p[e], 0.0f, (float)dot);
+        for (int j = 0; j < kk; j++)
+            dl[idx[j]] = upc_softmax_bwd_elem(p[idx[j]], dw[j], (float)dot);
+    }
 }
 
 /* ---- optimizers (one element) ---------------------------------------------
