@@ -23,33 +23,8 @@ static __global__ void router_fwd_kernel(const float *logits, float *probs, int3
         float *p = probs + n * E;
         int32_t *idx = topk_idx + n * kk;
         float *w = topk_w + n * kk;
-        float m = x[0];
-        for (int e = 1; e < E; e++)
-            m = x[e] > m ? x[e] : m;
-        double l = 0.0;
-        for (int e = 0; e < E; e++)
-            l += exp((double)(x[e] - m));
-        float lse = m + (float)log(l);
-        for (int e = 0; e < E; e++)
-            p[e] = expf(x[e] - lse);
-        /* k passes of "largest not yet taken"; strict > keeps the lower index */
-        double sum = 0.0;
-        for (int j = 0; j < kk; j++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int i = 0; i < j; i++)
-                    taken |= idx[i] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
-                    best = e;
-            }
-            idx[j] = best;
-            w[j] = p[best];
-            sum += p[best];
-        }
-        if (renorm)
-            for (int j = 0; j < kk; j++)
-                w[j] = (float)(w[j] / sum);
+        upc_softmax_row(x, p, E);
+        upc_router_topk_row(p, E, kk, renorm, idx, w);
     }
 }
 

@@ -97,22 +97,10 @@ void cu_moe_lb_loss_bwd(const upc_kernels *K, const float *probs, const int32_t 
     cuda_after_launch(K, kernel);
 }
 
-/* logsumexp of E router logits, as the CPU's softmax_row */
-static __device__ float router_lse(const float *x, int E)
-{
-    float m = x[0];
-    for (int e = 1; e < E; e++)
-        m = x[e] > m ? x[e] : m;
-    double l = 0.0;
-    for (int e = 0; e < E; e++)
-        l += exp((double)(x[e] - m));
-    return m + (float)log(l);
-}
-
 static __global__ void z_terms_kernel(const float *logits, int N, int E, double *sq)
 {
     GRID_STRIDE(n, (size_t)N) {
-        double l = router_lse(logits + n * E, E);
+        double l = upc_softmax_row(logits + n * E, NULL, E);
         sq[n] = l * l;
     }
 }
@@ -149,7 +137,7 @@ static __global__ void z_bwd_kernel(const float *logits, int N, int E, float coe
     GRID_STRIDE(n, (size_t)N) {
         const float *x = logits + n * E;
         float *dl = dlogits + n * E;
-        float lse = router_lse(x, E);
+        float lse = upc_softmax_row(x, NULL, E);
         float c = (float)(2.0 * scale * coef * lse / N);
         for (int e = 0; e < E; e++)
             dl[e] += c * expf(x[e] - lse);

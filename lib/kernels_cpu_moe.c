@@ -21,23 +21,6 @@ static void check_assignments(const char *kernel, const int32_t *idx, size_t n, 
         CPU_REQUIRE(idx[a] >= 0 && idx[a] < E, kernel, "expert index out of range");
 }
 
-/* p = softmax(x) over E, returns logsumexp. */
-static float softmax_row(const float *x, float *p, int E)
-{
-    float m = x[0];
-    for (int e = 1; e < E; e++)
-        if (x[e] > m)
-            m = x[e];
-    double l = 0.0;
-    for (int e = 0; e < E; e++)
-        l += exp((double)(x[e] - m));
-    float lse = m + (float)log(l);
-    if (p)
-        for (int e = 0; e < E; e++)
-            p[e] = expf(x[e] - lse);
-    return lse;
-}
-
 void cpu_router_fwd(const upc_kernels *K, const float *logits, float *probs,
                     int32_t *topk_idx, float *topk_w, int N, int E, int kk, int renorm)
 {
@@ -48,26 +31,8 @@ void cpu_router_fwd(const upc_kernels *K, const float *logits, float *probs,
         float *p = probs + (size_t)n * E;
         int32_t *idx = topk_idx + (size_t)n * kk;
         float *w = topk_w + (size_t)n * kk;
-        softmax_row(x, p, E);
-        /* k passes of "largest not yet taken"; strict > keeps the lower
-         * index on ties. Probabilities, not logits, decide, as in HF. */
-        double sum = 0.0;
-        for (int j = 0; j < kk; j++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                int taken = 0;
-                for (int i = 0; i < j; i++)
-                    taken |= idx[i] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
-                    best = e;
-            }
-            idx[j] = best;
-            w[j] = p[best];
-            sum += p[best];
-        }
-        if (renorm)
-            for (int j = 0; j < kk; j++)
-                w[j] = (float)(w[j] / sum);
+        upc_softmax_row(x, p, E);
+        upc_router_topk_row(p, E, kk, renorm, idx, w);
     }
 }
 
@@ -264,7 +229,7 @@ void cpu_moe_z_loss_fwd(const upc_kernels *K, const float *logits, int N, int E,
     CPU_REQUIRE(N >= 0 && E > 0, "moe_z_loss_fwd", "bad size");
     double sum = 0.0;
     for (int n = 0; n < N; n++) {
-        double l = softmax_row(logits + (size_t)n * E, NULL, E);
+        double l = upc_softmax_row(logits + (size_t)n * E, NULL, E);
         sum += l * l;
     }
     *loss = N ? (float)(coef * sum / N) : 0.0f;
@@ -278,7 +243,7 @@ void cpu_moe_z_loss_bwd(const upc_kernels *K, const float *logits, int N, int E,
     for (int n = 0; n < N; n++) {
         const float *x = logits + (size_t)n * E;
         float *dl = dlogits + (size_t)n * E;
-        float lse = softmax_row(x, NULL, E);
+        float lse = upc_softmax_row(x, NULL, E);
         float c = (float)(2.0 * scale * coef * lse / N);
         for (int e = 0; e < E; e++)
             dl[e] += c * expf(x[e] - lse);

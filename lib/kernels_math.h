@@ -111,6 +111,47 @@ static inline UPC_HD float upc_softmax_bwd_elem(float p, float g, float dot)
     return p * (g - dot);
 }
 
+/* p = softmax(x) over E (p may be NULL); returns logsumexp(x). */
+static inline UPC_HD float upc_softmax_row(const float *x, float *p, int E)
+{
+    float m = x[0];
+    for (int e = 1; e < E; e++)
+        m = x[e] > m ? x[e] : m;
+    double l = 0.0;
+    for (int e = 0; e < E; e++)
+        l += exp((double)(x[e] - m));
+    float lse = m + (float)log(l);
+    if (p)
+        for (int e = 0; e < E; e++)
+            p[e] = expf(x[e] - lse);
+    return lse;
+}
+
+/* One token's top-k experts by probability p [E] (kernels.h router_fwd):
+ * k passes of "largest not yet taken", strict > keeping the lower index on
+ * ties (probabilities decide, as in HF); w [kk] their probabilities,
+ * divided by their sum when renorm. */
+static inline UPC_HD void upc_router_topk_row(const float *p, int E, int kk, int renorm, int32_t *idx, float *w)
+{
+    double sum = 0.0;
+    for (int j = 0; j < kk; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            int taken = 0;
+            for (int i = 0; i < j; i++)
+                taken |= idx[i] == e;
+            if (!taken && (best < 0 || p[e] > p[best]))
+                best = e;
+        }
+        idx[j] = best;
+        w[j] = p[best];
+        sum += p[best];
+    }
+    if (renorm)
+        for (int j = 0; j < kk; j++)
+            w[j] = (float)(w[j] / sum);
+}
+
 /* One token's router backward (kernels.h router_bwd): the gradients dw
  * [kk] of its combine weights w [kk] (experts idx [kk], softmax probs p
  * [E]) to its router logits dl [E], overwritten. */
