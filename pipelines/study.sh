@@ -22,6 +22,11 @@
 #   SPLIT=MODE               how files divide into documents (default separator=%)
 #   DENSE=DIR                start from this dense checkpoint instead of
 #                            pretraining (its tokenizer.json is used)
+#   DURATIONS="100 230 460"  pretrain one dense model per duration, in tokens
+#                            per parameter, and run the whole comparison from
+#                            each (OUT/tpp-D/, sharing the tokenizer and
+#                            shards); OUT/report.md compares the durations.
+#                            Unset: one dense model of the scale's steps
 #   FRACTIONS="10 20 ..."    budgets in % of the pretraining tokens
 #   EXPERTS=8 TOPK=2         the upcycle (top-1 is also served)
 #   LR_CPT, LR_UP            peak learning rates (the paper: 5e-5 and 1e-4)
@@ -57,14 +62,14 @@ paper) # the paper's models and budgets: GPUs, your corpus, days
     [ -n "${CORPUS:-}" ] || { echo "study: SCALE=paper needs CORPUS (the pretraining text; CPT_CORPUS for the shifted mix)" >&2; exit 64; }
     [ -n "${TOKENIZER:-}${DENSE:-}" ] || { echo "study: SCALE=paper needs TOKENIZER (cl100k_base.tiktoken: the presets' vocabulary is cl100k_base padded to 100352)" >&2; exit 64; }
     case ${PAPER_MODEL:-436m} in
-    436m) CONFIG=${CONFIG:-$root/configs/paper-436m.json} PARAMS=436253696 ;;
-    1.4b) CONFIG=${CONFIG:-$root/configs/paper-1.4b.json} PARAMS=1417775104 ;;
+    436m) CONFIG=${CONFIG:-$root/configs/paper-436m.json} ;;
+    1.4b) CONFIG=${CONFIG:-$root/configs/paper-1.4b.json} ;;
     *) echo "study: PAPER_MODEL=$PAPER_MODEL: expected 436m or 1.4b" >&2; exit 64 ;;
     esac
-    # 100 tokens per parameter (the paper also ran 230 and 460), batches of
-    # 512 x 4096 tokens (about 2M)
-    BATCH=${BATCH:-512} SEQ=${SEQ:-4096} VOCAB=${VOCAB:-100352}
-    DENSE_STEPS=${DENSE_STEPS:-$(( ${TOKENS_PER_PARAM:-100} * PARAMS / (BATCH * SEQ) ))}
+    # 100 tokens per parameter (the paper also ran 230 and 460: DURATIONS),
+    # batches of 512 x 4096 tokens (about 2M)
+    BATCH=${BATCH:-512} SEQ=${SEQ:-4096} VOCAB=${VOCAB:-100352} DENSE_STEPS=${DENSE_STEPS:-0}
+    [ -n "${DENSE:-}" ] || DURATIONS=${DURATIONS:-100}
     FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=${LR_DENSE:-6e-4} EVAL_LIMIT=1000
     EVAL_SEQ=4096 SERVE_SCALE=1 SERVE_REQUESTS=256 RATES=${RATES:-"2,4,8,16,32,inf"} TRAIN_EVAL_TOKENS=4194304
     KV_MEMORY=${KV_MEMORY:-32G} LR_CPT=${LR_CPT:-5e-5} LR_UP=${LR_UP:-1e-4} ;;
@@ -135,6 +140,17 @@ step() {
     fi
 }
 
+# The parameter count of a Llama config.json (tied embeddings counted once),
+# as train reports it: what tokens per parameter divide by.
+config_params() {
+    jq -e '(.hidden_size) as $d | (.head_dim // ($d / .num_attention_heads)) as $hd
+        | (.num_key_value_heads // .num_attention_heads) as $kv
+        | (.vocab_size * $d * (if .tie_word_embeddings then 1 else 2 end))
+          + .num_hidden_layers * (2 * $d * .num_attention_heads * $hd + 2 * $d * $kv * $hd
+                                  + 3 * $d * .intermediate_size + 2 * $d)
+          + $d' "$1"
+}
+
 # The commands of the steps (each writes only its own outputs).
 make_tokenizer() {
     # shellcheck disable=SC2086
@@ -170,18 +186,44 @@ continue_run() { # NAME FROM TOKENS LR
         --force --out "$OUT/runs/$1" > "$OUT/runs/$1.mpk"
 }
 
-if [ -n "${DENSE:-}" ]; then
-    step tokenizer cp "$DENSE/tokenizer.json" "$OUT/tokenizer.json"
-elif [ -n "${TOKENIZER:-}" ]; then
-    step tokenizer tokenize convert --tokenizer "$TOKENIZER" -o "$OUT/tokenizer.json"
+if [ -n "${STUDY_SHARED:-}" ]; then
+    # one duration of several: the tokenizer and shards are the parent's
+    step tokenizer ln -sfn "$STUDY_SHARED/tokenizer.json" "$OUT/tokenizer.json"
+    step shards-pretrain ln -sfn "$STUDY_SHARED/shards-pre" "$OUT/shards-pre"
+    step shards-cpt ln -sfn "$STUDY_SHARED/shards-cpt" "$OUT/shards-cpt"
 else
-    step tokenizer make_tokenizer
+    if [ -n "${DENSE:-}" ]; then
+        step tokenizer cp "$DENSE/tokenizer.json" "$OUT/tokenizer.json"
+    elif [ -n "${TOKENIZER:-}" ]; then
+        step tokenizer tokenize convert --tokenizer "$TOKENIZER" -o "$OUT/tokenizer.json"
+    else
+        step tokenizer make_tokenizer
+    fi
+    # shellcheck disable=SC2086
+    step shards-pretrain make_shards pre $CORPUS
+    # shellcheck disable=SC2086
+    step shards-cpt make_shards cpt $CPT_CORPUS
 fi
-# shellcheck disable=SC2086
-step shards-pretrain make_shards pre $CORPUS
-# shellcheck disable=SC2086
-step shards-cpt make_shards cpt $CPT_CORPUS
 step shards-verify sh -c "shard verify '$OUT/shards-pre' && shard verify '$OUT/shards-cpt'"
+
+# Several pretraining durations: each is a whole study of its own in
+# OUT/tpp-D (this script again), its dense model trained for D tokens per
+# parameter; then the report that compares them.
+if [ -n "${DURATIONS:-}" ] && [ -z "${STUDY_SHARED:-}" ]; then
+    [ -z "${DENSE:-}" ] || { echo "study: DURATIONS are pretraining durations; DENSE starts from a pretrained model" >&2; exit 64; }
+    params=$(config_params "$CONFIG") || { echo "study: $CONFIG: cannot read the model's shape" >&2; exit 65; }
+    shared=$(cd "$OUT" && pwd)
+    for d in $DURATIONS; do
+        steps=$(awk -v d="$d" -v p="$params" -v t=$((BATCH * SEQ)) 'BEGIN { if (d !~ /^[0-9]*\.?[0-9]+$/) exit 1; s = int(d * p / t + 0.5); print s < 1 ? 1 : s }') ||
+            { echo "study: DURATIONS: $d is not a number of tokens per parameter" >&2; exit 64; }
+        echo "study: === pretraining for $d tokens per parameter ($steps steps of $BATCH x $SEQ, $params parameters): $OUT/tpp-$d" >&2
+        STUDY_SHARED=$shared OUT=$OUT/tpp-$d DENSE_STEPS=$steps "$0"
+    done
+    rm -f "$OUT/steps/report"
+    step report "$here/report_durations.sh" "$OUT" $DURATIONS
+    echo "study: the report is $OUT/report.md (each duration's in $OUT/tpp-D/report.md)" >&2
+    exit 0
+fi
 if [ -n "${DENSE:-}" ]; then
     step dense sh -c "rm -rf '$OUT/runs/dense' && cp -r '$DENSE' '$OUT/runs/dense' && : > '$OUT/runs/dense.mpk'"
 else
@@ -235,8 +277,11 @@ for m in dense "moe0-top1" "moe0-top$TOPK"; do
         --requests $SERVE_REQUESTS --rates $RATES --kv-memory $KV_MEMORY > '$OUT/serve/$m.mpk'"
 done
 
+# the dense model's pretraining in tokens per parameter, for the settings line
+params=$(config_params "$OUT/runs/dense/config.json" 2> /dev/null) &&
+    tpp=$(awk -v t="$dense_tokens" -v p="$params" 'BEGIN { printf "%.4g", t / p }') || tpp=?
 cat > "$OUT/settings.txt" <<EOF
-scale $SCALE; device $DEVICE${LAUNCH:+ (train: $LAUNCH)}; config $(basename "$CONFIG"); vocabulary $VOCAB; batch $BATCH x $SEQ tokens; dense pretraining $DENSE_STEPS steps (lr $LR_DENSE); budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP${LR_SWEEP:+ (best of $LR_SWEEP)}; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
+scale $SCALE; device $DEVICE${LAUNCH:+ (train: $LAUNCH)}; config $(basename "$CONFIG"); vocabulary $VOCAB; batch $BATCH x $SEQ tokens; dense pretraining $DENSE_STEPS steps, $dense_tokens tokens ($tpp per parameter; lr $LR_DENSE); budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP${LR_SWEEP:+ (best of $LR_SWEEP)}; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
 EOF
 rm -f "$OUT/steps/report"   # the report is always rebuilt from the records
 step report "$here/report.sh" "$OUT"

@@ -121,3 +121,50 @@ require_gnuplot() {
     assert_status 64
     assert_output_contains "expected 436m or 1.4b"
 }
+
+@test "study: DURATIONS pretrains one dense model per duration and compares them" {
+    require_gnuplot
+    # tokens per parameter: 0.001 and 0.002 of tiny.json's 1836160 parameters
+    # at 4 x 64 tokens a step are 7 and 14 steps
+    run env SCALE=micro OUT="$TMP/d" BIN="$UPCYC_BIN" DURATIONS="0.001 0.002" FRACTIONS=100 \
+        "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 0
+    assert_output_contains "pretraining for 0.002 tokens per parameter (14 steps of 4 x 64, 1836160 parameters)"
+    for d in 0.001 0.002; do
+        records json "$TMP/d/tpp-$d/runs/dense.mpk" | jq -s -e 'map(select(.event == "train_start")) | first | .params == 1836160' > /dev/null
+        [ -s "$TMP/d/tpp-$d/report.md" ] || { echo "no report for $d" >&2; return 1; }
+    done
+    [ "$(records json "$TMP/d/tpp-0.001/runs/dense.mpk" | jq 'select(.event == "train_end") | .step')" = 7 ]
+    [ "$(records json "$TMP/d/tpp-0.002/runs/dense.mpk" | jq 'select(.event == "train_end") | .tokens')" = 3584 ]
+    # one tokenizer and one set of shards, shared
+    [ "$(readlink "$TMP/d/tpp-0.002/shards-cpt")" = "$(cd "$TMP/d" && pwd)/shards-cpt" ]
+    [ ! -e "$TMP/d/runs/dense" ]
+    # the comparison table is the durations' own pairs, with their dense start
+    for d in 0.001 0.002; do
+        want=$(awk -F'\t' -v d="$d" 'NR == FNR { if ($1 == "dense") l = $8; next } FNR > 1 { print d, l, $1, $6, $7, $8 }' \
+            "$TMP/d/tpp-$d/tables/runs.tsv" "$TMP/d/tpp-$d/tables/pairs.tsv")
+        got=$(awk -F'\t' -v d="$d" '$1 == d { print $1, $3, $4, $5, $6, $7 }' "$TMP/d/tables/durations.tsv")
+        [ "$want" = "$got" ] || { echo "$d: got '$got', want '$want'" >&2; return 1; }
+    done
+    [ "$(awk -F'\t' 'NR > 1 { print $1, $2 }' "$TMP/d/tables/serving.tsv" | tr '\n' ,)" = \
+        "0.001 dense,0.001 moe0-top1,0.001 moe0-top2,0.002 dense,0.002 moe0-top1,0.002 moe0-top2," ]
+    for f in improvement advantage; do
+        [ "$(head -c 8 "$TMP/d/figures/$f.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]
+        grep -q "<svg" "$TMP/d/figures/$f.svg"
+        grep -q "figures/$f.png" "$TMP/d/report.md"
+    done
+    grep -q "(tpp-0.002/report.md)" "$TMP/d/report.md"
+    # a rerun skips every step of every duration
+    run env SCALE=micro OUT="$TMP/d" BIN="$UPCYC_BIN" DURATIONS="0.001 0.002" FRACTIONS=100 \
+        "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 0
+    [ "$(printf '%s\n' "$output" | grep -c '^study: dense .*done (skipped)')" -eq 2 ]
+    # refusals: not a number; DENSE is already pretrained
+    run env SCALE=micro OUT="$TMP/d" BIN="$UPCYC_BIN" DURATIONS="1e" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 64
+    assert_output_contains "DURATIONS: 1e is not a number of tokens per parameter"
+    run env SCALE=micro OUT="$TMP/d" BIN="$UPCYC_BIN" DURATIONS=1 DENSE="$TMP/d/tpp-0.001/runs/dense" \
+        "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 64
+    assert_output_contains "DURATIONS are pretraining durations"
+}
