@@ -10,7 +10,7 @@
 #   OUT/figures/improvement  relative improvement against additional training
 #   OUT/figures/ce           final cross-entropy, upcycled against CPT, per budget
 #   OUT/figures/latency      median TPOT against output throughput
-#   OUT/figures/loss         training loss against tokens
+#   OUT/figures/loss         training loss against tokens: pretraining, then the largest budget
 set -eu
 OUT=${1:?usage: report.sh OUT}
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/bin}
@@ -83,11 +83,13 @@ jq -s -r 'group_by(.model) | map({model: .[0].model, max: (map(.total_tokens_per
     | ["model", "max_total_tokens_per_s", "max_output_tokens_per_s", "decrease_vs_dense_pct"],
       (.[] | [.model, .max, .out, (if $d then (($d - .max) / $d * 100) else null end)]) | @tsv' "$T/serve.jsonl" > "$T/serving.tsv"
 
-# loss curves: dense pretraining, then each 100% run after it (tokens continue)
+# loss curves: dense pretraining, then the largest budget's runs after it
+# (tokens continue)
 dense_tokens=$(jq -s 'map(select(.run == "dense")) | first | .tokens' "$T/runs.jsonl")
+largest=$(jq -s 'map(.fraction) | max' "$T/runs.jsonl")
 for mpk in "$OUT"/runs/*.mpk; do
     run=$(basename "$mpk" .mpk)
-    case $run in dense) off=0 ;; cpt-100 | upcycled-100) off=$dense_tokens ;; *) continue ;; esac
+    case $run in dense) off=0 ;; "cpt-$largest" | "upcycled-$largest") off=$dense_tokens ;; *) continue ;; esac
     records json "$mpk" | jq -r --arg run "$run" --argjson off "$off" \
         'select(.event == "train_step") | [$run, .tokens + $off, .ce] | @tsv'
 done > "$T/loss.tsv"

@@ -21,7 +21,11 @@
 #                            a shifted mix, as the paper did on purpose)
 #   SPLIT=MODE               how files divide into documents (default separator=%)
 #   DENSE=DIR                start from this dense checkpoint instead of
-#                            pretraining (its tokenizer.json is used)
+#                            pretraining: a Llama model in HF layout
+#                            (config.json, model.safetensors or shards with
+#                            an index, tokenizer.json), linked, not copied
+#   DENSE_TOKENS=N           the tokens DENSE was pretrained on (required
+#                            with DENSE: the budgets are fractions of it)
 #   DURATIONS="100 230 460"  pretrain one dense model per duration, in tokens
 #                            per parameter, and run the whole comparison from
 #                            each (OUT/tpp-D/, sharing the tokenizer and
@@ -96,6 +100,13 @@ if [ -z "${CORPUS:-}" ]; then
 fi
 [ -n "${CPT_CORPUS:-}" ] || CPT_CORPUS=$(fortune_files)
 
+if [ -n "${DENSE:-}" ]; then
+    [ -s "$DENSE/config.json" ] && [ -s "$DENSE/tokenizer.json" ] ||
+        { echo "study: DENSE=$DENSE: expected a checkpoint directory with config.json and tokenizer.json" >&2; exit 66; }
+    case ${DENSE_TOKENS:-} in
+    '' | *[!0-9]* | 0) echo "study: DENSE needs DENSE_TOKENS, the number of tokens it was pretrained on (the budgets are fractions of it)" >&2; exit 64 ;;
+    esac
+fi
 mkdir -p "$OUT/steps" "$OUT/logs" "$OUT/runs" "$OUT/eval" "$OUT/serve"
 
 # Whether the outputs of a finished step are there and sound.
@@ -104,7 +115,8 @@ verify() {
     tokenizer) [ -s "$OUT/tokenizer.json" ] ;;
     shards-pretrain) shard verify "$OUT/shards-pre" ;;
     shards-cpt) shard verify "$OUT/shards-cpt" ;;
-    dense | cpt-* | upcycled-* | sweep-*) [ -s "$OUT/runs/$1/config.json" ] && [ -s "$OUT/runs/$1/model.safetensors" ] &&
+    dense | cpt-* | upcycled-* | sweep-*) [ -s "$OUT/runs/$1/config.json" ] &&
+        { [ -s "$OUT/runs/$1/model.safetensors" ] || [ -s "$OUT/runs/$1/model.safetensors.index.json" ]; } &&
         records json "$OUT/runs/$1.mpk" ;;
     upcycle-top*) [ -s "$OUT/runs/moe0-${1#upcycle-}/config.json" ] ;;
     tasks) [ -s "$OUT/tasks/icl_tasks.yaml" ] ;;
@@ -225,7 +237,8 @@ if [ -n "${DURATIONS:-}" ] && [ -z "${STUDY_SHARED:-}" ]; then
     exit 0
 fi
 if [ -n "${DENSE:-}" ]; then
-    step dense sh -c "rm -rf '$OUT/runs/dense' && cp -r '$DENSE' '$OUT/runs/dense' && : > '$OUT/runs/dense.mpk'"
+    # a model pretrained elsewhere has no train records: an empty stream
+    step dense sh -c "rm -rf '$OUT/runs/dense' && ln -s '$(cd "$DENSE" && pwd)' '$OUT/runs/dense' && : > '$OUT/runs/dense.mpk'"
 else
     step dense pretrain
 fi
@@ -234,8 +247,11 @@ step upcycle-top1 upcycle_to 1
 
 # budgets: fractions of the pretraining tokens; the upcycled runs get as
 # many tokens as the same FLOPs buy (upcycle's iso-FLOP multiplier)
-dense_tokens=$(records json "$OUT/runs/dense.mpk" | jq -s 'map(select(.event == "train_end")) | last | .tokens // 0')
-[ "$dense_tokens" -gt 0 ] || dense_tokens=$((DENSE_STEPS * BATCH * SEQ))
+if [ -n "${DENSE:-}" ]; then
+    dense_tokens=$DENSE_TOKENS
+else
+    dense_tokens=$(records json "$OUT/runs/dense.mpk" | jq -s 'map(select(.event == "train_end")) | last | .tokens')
+fi
 mult=$(records json "$OUT/runs/moe0-top$TOPK.upcycle.mpk" | jq '.iso_flop_multiplier')
 # a short learning-rate sweep at the smallest budget, when asked for
 if [ -n "${LR_SWEEP:-}" ]; then
@@ -280,8 +296,13 @@ done
 # the dense model's pretraining in tokens per parameter, for the settings line
 params=$(config_params "$OUT/runs/dense/config.json" 2> /dev/null) &&
     tpp=$(awk -v t="$dense_tokens" -v p="$params" 'BEGIN { printf "%.4g", t / p }') || tpp=?
+if [ -n "${DENSE:-}" ]; then
+    start="dense model $DENSE, pretrained elsewhere on $dense_tokens tokens ($tpp per parameter)"
+else
+    start="config $(basename "$CONFIG"); vocabulary $VOCAB; dense pretraining $DENSE_STEPS steps, $dense_tokens tokens ($tpp per parameter; lr $LR_DENSE)"
+fi
 cat > "$OUT/settings.txt" <<EOF
-scale $SCALE; device $DEVICE${LAUNCH:+ (train: $LAUNCH)}; config $(basename "$CONFIG"); vocabulary $VOCAB; batch $BATCH x $SEQ tokens; dense pretraining $DENSE_STEPS steps, $dense_tokens tokens ($tpp per parameter; lr $LR_DENSE); budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP${LR_SWEEP:+ (best of $LR_SWEEP)}; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
+scale $SCALE; device $DEVICE${LAUNCH:+ (train: $LAUNCH)}; $start; batch $BATCH x $SEQ tokens; budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP${LR_SWEEP:+ (best of $LR_SWEEP)}; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
 EOF
 rm -f "$OUT/steps/report"   # the report is always rebuilt from the records
 step report "$here/report.sh" "$OUT"

@@ -163,8 +163,34 @@ require_gnuplot() {
     run env SCALE=micro OUT="$TMP/d" BIN="$UPCYC_BIN" DURATIONS="1e" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
     assert_status 64
     assert_output_contains "DURATIONS: 1e is not a number of tokens per parameter"
-    run env SCALE=micro OUT="$TMP/d" BIN="$UPCYC_BIN" DURATIONS=1 DENSE="$TMP/d/tpp-0.001/runs/dense" \
+    run env SCALE=micro OUT="$TMP/d" BIN="$UPCYC_BIN" DURATIONS=1 DENSE="$TMP/d/tpp-0.001/runs/dense" DENSE_TOKENS=1792 \
         "$BATS_TEST_DIRNAME/../pipelines/study.sh"
     assert_status 64
     assert_output_contains "DURATIONS are pretraining durations"
+}
+
+@test "study: DENSE starts from a model pretrained elsewhere (HF layout), linked and left as it was" {
+    require_gnuplot
+    mkdir "$TMP/hf"
+    cp "$S/runs/dense/config.json" "$S/runs/dense/model.safetensors" "$S/runs/dense/tokenizer.json" "$TMP/hf/"
+    sum=$(cat "$TMP/hf"/* | cksum)
+    run env SCALE=micro OUT="$TMP/s" BIN="$UPCYC_BIN" DENSE="$TMP/hf" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 64
+    assert_output_contains "DENSE needs DENSE_TOKENS"
+    run env SCALE=micro OUT="$TMP/s" BIN="$UPCYC_BIN" DENSE="$TMP/nothing" DENSE_TOKENS=10 "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 66
+    assert_output_contains "expected a checkpoint directory with config.json and tokenizer.json"
+    # budgets are fractions of DENSE_TOKENS: 50% of 3072 is 1536 tokens, 6 steps of 4 x 64
+    run env SCALE=micro OUT="$TMP/s" BIN="$UPCYC_BIN" DENSE="$TMP/hf" DENSE_TOKENS=3072 FRACTIONS=50 \
+        "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 0
+    [ "$(readlink "$TMP/s/runs/dense")" = "$TMP/hf" ]
+    [ "$(records json "$TMP/s/runs/cpt-50.mpk" | jq 'select(.event == "train_end") | .tokens')" = 1536 ]
+    cmp "$TMP/hf/tokenizer.json" "$TMP/s/tokenizer.json"
+    # the dense model is scored like the others, and nothing wrote into it
+    [ "$(cut -f1 "$TMP/s/tables/runs.tsv" | tail -n +2 | tr '\n' ' ')" = "dense cpt-50 upcycled-50 " ]
+    awk -F'\t' '$1 == "dense" { exit !($8 > 0) }' "$TMP/s/tables/runs.tsv"
+    grep -q "pretrained elsewhere on 3072 tokens" "$TMP/s/report.md"
+    [ "$(ls "$TMP/hf" | tr '\n' ' ')" = "config.json model.safetensors tokenizer.json " ]
+    [ "$(cat "$TMP/hf"/* | cksum)" = "$sum" ]
 }
