@@ -3,7 +3,8 @@
 # pipelines/study.sh): tables as TSV and Markdown, figures with gnuplot (PNG
 # and SVG), and OUT/report.md tying them together.
 #
-#   OUT/tables/runs.tsv      run, kind, fraction, tokens, FLOPs, loss, bpb, core average, improvement,
+#   OUT/tables/runs.tsv      run, kind, fraction, tokens, FLOPs, params, active params, loss, bpb,
+#                            core average, improvement,
 #                            and train's validation loss averaged over its last three evaluations
 #   OUT/tables/pairs.tsv     CPT against upcycled at equal FLOPs, per budget
 #   OUT/tables/serving.tsv   maximum throughput per model, and its decrease against dense

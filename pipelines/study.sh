@@ -4,12 +4,14 @@
 # budgets given as fractions of the pretraining tokens, the upcycled runs'
 # tokens scaled by upcycle's iso-FLOP multiplier so every pair spends the
 # same training FLOPs; evaluate every model; serve the dense model against
-# its top-1 and top-2 upcycles; write the report (pipelines/report.sh).
+# its top-TOPK and top-1 upcycles; write the report (pipelines/report.sh).
+# `man -l man/man7/upcyc-study.7` has all of it.
 #
-# Every step writes its outputs, then a marker in OUT/steps/; a rerun skips
-# steps whose marker exists and whose outputs verify (shards pass `shard
-# verify`, checkpoints have their files, records read back), and runs the
-# others again. A failed step stops the pipeline naming the step and its log
+# Every step writes its outputs, then a marker in OUT/steps/ holding its
+# command; a rerun skips steps whose marker exists, whose command is the same
+# and whose outputs verify (shards pass `shard verify`, checkpoints have
+# their files, records read back), and runs the others again, with every step
+# after them. A failed step stops the pipeline naming the step and its log
 # (OUT/logs/STEP.log).
 #
 #   SCALE=tiny|micro|small|paper   presets below (default tiny: two cores,
@@ -53,15 +55,18 @@ SPLIT=${SPLIT:-separator=%}
 PATH="$BIN:$PATH"
 export PATH
 
+# the presets; any of their variables given in the environment wins
 case $SCALE in
 micro) # the end-to-end test: seconds
-    CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-2048} BATCH=4 SEQ=64 DENSE_STEPS=${DENSE_STEPS:-12}
-    FRACTIONS=${FRACTIONS:-"50 100"} EXPERTS=${EXPERTS:-4} LR_DENSE=3e-3 EVAL_LIMIT=16 EVAL_SEQ=128
-    SERVE_SCALE=100 SERVE_REQUESTS=6 RATES=${RATES:-"50,inf"} TRAIN_EVAL_TOKENS=1024 ;;
-tiny) # two cores, about ten minutes
-    CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-8192} BATCH=8 SEQ=128 DENSE_STEPS=${DENSE_STEPS:-200}
-    FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=3e-3 EVAL_LIMIT=200 EVAL_SEQ=128
-    SERVE_SCALE=50 SERVE_REQUESTS=96 RATES=${RATES:-"25,50,100,inf"} TRAIN_EVAL_TOKENS=8192 ;;
+    CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-2048} BATCH=${BATCH:-4} SEQ=${SEQ:-64}
+    DENSE_STEPS=${DENSE_STEPS:-12} FRACTIONS=${FRACTIONS:-"50 100"} EXPERTS=${EXPERTS:-4} LR_DENSE=${LR_DENSE:-3e-3}
+    EVAL_LIMIT=${EVAL_LIMIT:-16} EVAL_SEQ=${EVAL_SEQ:-128} SERVE_SCALE=${SERVE_SCALE:-100}
+    SERVE_REQUESTS=${SERVE_REQUESTS:-6} RATES=${RATES:-"50,inf"} TRAIN_EVAL_TOKENS=${TRAIN_EVAL_TOKENS:-1024} ;;
+tiny) # two cores, about seven minutes
+    CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-8192} BATCH=${BATCH:-8} SEQ=${SEQ:-128}
+    DENSE_STEPS=${DENSE_STEPS:-200} FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8}
+    LR_DENSE=${LR_DENSE:-3e-3} EVAL_LIMIT=${EVAL_LIMIT:-200} EVAL_SEQ=${EVAL_SEQ:-128} SERVE_SCALE=${SERVE_SCALE:-50}
+    SERVE_REQUESTS=${SERVE_REQUESTS:-96} RATES=${RATES:-"25,50,100,inf"} TRAIN_EVAL_TOKENS=${TRAIN_EVAL_TOKENS:-8192} ;;
 paper) # the paper's models and budgets: GPUs, your corpus, days
     [ -n "${CORPUS:-}" ] || { echo "study: SCALE=paper needs CORPUS (the pretraining text; CPT_CORPUS for the shifted mix)" >&2; exit 64; }
     [ -n "${TOKENIZER:-}${DENSE:-}" ] || { echo "study: SCALE=paper needs TOKENIZER (cl100k_base.tiktoken: the presets' vocabulary is cl100k_base padded to 100352)" >&2; exit 64; }
@@ -74,13 +79,15 @@ paper) # the paper's models and budgets: GPUs, your corpus, days
     # batches of 512 x 4096 tokens (about 2M)
     BATCH=${BATCH:-512} SEQ=${SEQ:-4096} VOCAB=${VOCAB:-100352} DENSE_STEPS=${DENSE_STEPS:-0}
     [ -n "${DENSE:-}" ] || DURATIONS=${DURATIONS:-100}
-    FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=${LR_DENSE:-6e-4} EVAL_LIMIT=1000
-    EVAL_SEQ=4096 SERVE_SCALE=1 SERVE_REQUESTS=256 RATES=${RATES:-"2,4,8,16,32,inf"} TRAIN_EVAL_TOKENS=4194304
+    FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=${LR_DENSE:-6e-4}
+    EVAL_LIMIT=${EVAL_LIMIT:-1000} EVAL_SEQ=${EVAL_SEQ:-4096} SERVE_SCALE=${SERVE_SCALE:-1}
+    SERVE_REQUESTS=${SERVE_REQUESTS:-256} RATES=${RATES:-"2,4,8,16,32,inf"} TRAIN_EVAL_TOKENS=${TRAIN_EVAL_TOKENS:-4194304}
     KV_MEMORY=${KV_MEMORY:-32G} LR_CPT=${LR_CPT:-5e-5} LR_UP=${LR_UP:-1e-4} ;;
 small) # CPU hours or one GPU
-    CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-16384} BATCH=16 SEQ=512 DENSE_STEPS=${DENSE_STEPS:-3000}
-    FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=1e-3 EVAL_LIMIT=1000 EVAL_SEQ=512
-    SERVE_SCALE=10 SERVE_REQUESTS=64 RATES=${RATES:-"1,2,4,8,inf"} TRAIN_EVAL_TOKENS=262144 ;;
+    CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-16384} BATCH=${BATCH:-16} SEQ=${SEQ:-512}
+    DENSE_STEPS=${DENSE_STEPS:-3000} FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8}
+    LR_DENSE=${LR_DENSE:-1e-3} EVAL_LIMIT=${EVAL_LIMIT:-1000} EVAL_SEQ=${EVAL_SEQ:-512} SERVE_SCALE=${SERVE_SCALE:-10}
+    SERVE_REQUESTS=${SERVE_REQUESTS:-64} RATES=${RATES:-"1,2,4,8,inf"} TRAIN_EVAL_TOKENS=${TRAIN_EVAL_TOKENS:-262144} ;;
 *)
     echo "study: SCALE=$SCALE: expected micro, tiny, small or paper" >&2
     exit 64 ;;
@@ -107,7 +114,16 @@ if [ -n "${DENSE:-}" ]; then
     '' | *[!0-9]* | 0) echo "study: DENSE needs DENSE_TOKENS, the number of tokens it was pretrained on (the budgets are fractions of it)" >&2; exit 64 ;;
     esac
 fi
-mkdir -p "$OUT/steps" "$OUT/logs" "$OUT/runs" "$OUT/eval" "$OUT/serve"
+for f in $FRACTIONS; do
+    case $f in '' | *[!0-9]* | 0) echo "study: FRACTIONS: $f is not a whole percentage above 0" >&2; exit 64 ;; esac
+done
+for d in ${DURATIONS:-}; do
+    echo "$d" | grep -Eq '^[0-9]*\.?[0-9]+$' || { echo "study: DURATIONS: $d is not a number of tokens per parameter" >&2; exit 64; }
+done
+[ -z "${DURATIONS:-}" ] || [ -z "${DENSE:-}" ] ||
+    { echo "study: DURATIONS are pretraining durations; DENSE starts from a pretrained model" >&2; exit 64; }
+mkdir -p "$OUT/steps" "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
 
 # Whether the outputs of a finished step are there and sound.
 verify() {
@@ -126,22 +142,40 @@ verify() {
     esac > /dev/null 2>&1
 }
 
-# step NAME CMD...: run CMD (output to the log) unless NAME is done.
+# step NAME CMD...: run CMD (output to the log) unless NAME is done. Its
+# marker holds the command, so a step whose command changed (a setting
+# changed) runs again, and so does every step after one that ran: later
+# steps read what earlier ones made. DEVICE and LAUNCH are not part of a
+# training step's command: they change how it runs, not what it computes.
+stale=${STUDY_STALE:-0}
+step_command() { # CMD...: one word a line, OUT written as $OUT, so a moved study still matches
+    printf '%s\n' "$@" | awk -v o="$OUT" '{ r = ""; s = $0
+        while ((i = index(s, o)) > 0) { r = r substr(s, 1, i - 1) "$OUT"; s = substr(s, i + length(o)) }
+        print r s }'
+}
 step() {
     name=$1
     shift
-    if [ -e "$OUT/steps/$name" ]; then
-        if verify "$name"; then
+    marker=$OUT/steps/$name
+    if [ -e "$marker" ]; then
+        if ! verify "$name"; then
+            why="outputs missing or damaged"
+        elif [ "$(step_command "$@")" != "$(cat "$marker")" ]; then
+            why="settings changed"
+        elif [ "$stale" = 1 ]; then
+            why="an earlier step ran again"
+        else
             printf 'study: %-28s done (skipped)\n' "$name" >&2
             return 0
         fi
-        printf 'study: %-28s outputs missing or damaged: running it again\n' "$name" >&2
-        rm -f "$OUT/steps/$name"
+        printf 'study: %-28s %s: running it again\n' "$name" "$why" >&2
+        rm -f "$marker"
     fi
+    stale=1
     printf 'study: %-28s ' "$name" >&2
     started=$(date +%s)
     if "$@" > "$OUT/logs/$name.log" 2>&1; then
-        : > "$OUT/steps/$name"
+        step_command "$@" > "$marker"
         printf '%ss\n' "$(($(date +%s) - started))" >&2
     else
         rc=$?
@@ -163,58 +197,62 @@ config_params() {
           + $d' "$1"
 }
 
-# The commands of the steps (each writes only its own outputs).
-make_tokenizer() {
-    # shellcheck disable=SC2086
-    tokenize train --vocab-size "$VOCAB" --split "$SPLIT" -o "$OUT/tokenizer.json" $CORPUS
-}
+# The commands of the steps (each writes only its own outputs). Every
+# setting a step depends on is on its command line (see step).
 # train, through LAUNCH when given (mpirun, srun: data-parallel processes)
 run_train() {
     # shellcheck disable=SC2086
     $LAUNCH train --device "$DEVICE" "$@"
 }
-make_shards() { # NAME CORPUS...
+train_run() { # NAME TRAIN-OPTIONS...: a run into OUT/runs/NAME, its records beside it
     n=$1
     shift
-    tokenize encode --tokenizer "$OUT/tokenizer.json" --split "$SPLIT" "$@" |
+    run_train "$@" --force --out "$OUT/runs/$n" > "$OUT/runs/$n.mpk"
+}
+make_shards() { # NAME SPLIT CORPUS...
+    n=$1 split=$2
+    shift 2
+    # a failed tokenize would only end shard's input early: remember its status
+    rm -f "$OUT/logs/encode-$n.failed"
+    { tokenize encode --tokenizer "$OUT/tokenizer.json" --split "$split" "$@" || echo $? > "$OUT/logs/encode-$n.failed"; } |
         shard --force "$OUT/shards-$n"
+    [ ! -e "$OUT/logs/encode-$n.failed" ] || { rc=$(cat "$OUT/logs/encode-$n.failed"); rm -rf "$OUT/shards-$n"; return "$rc"; }
 }
-pretrain() {
-    run_train --init "$CONFIG" --tokenizer "$OUT/tokenizer.json" --data "$OUT/shards-pre/train" \
-        --val "$OUT/shards-pre/val" --batch "$BATCH" --seq-len "$SEQ" --steps "$DENSE_STEPS" \
-        --lr "$LR_DENSE" --warmup $((DENSE_STEPS / 10 + 1)) --force --out "$OUT/runs/dense" > "$OUT/runs/dense.mpk"
+upcycle_to() { # K UPCYCLE-OPTIONS...
+    k=$1
+    shift
+    upcycle "$@" --top-k "$k" --force "$OUT/runs/dense" "$OUT/runs/moe0-top$k" > "$OUT/runs/moe0-top$k.upcycle.mpk"
 }
-upcycle_to() { # K
-    upcycle --experts "$EXPERTS" --top-k "$1" --seq-len "$SEQ" --force "$OUT/runs/dense" \
-        "$OUT/runs/moe0-top$1" > "$OUT/runs/moe0-top$1.upcycle.mpk"
+link_dense() { # DIR: a model pretrained elsewhere; it has no train records (an empty stream)
+    rm -rf "$OUT/runs/dense" && ln -s "$1" "$OUT/runs/dense" && : > "$OUT/runs/dense.mpk"
 }
-continue_run() { # NAME FROM TOKENS LR
-    steps=$(( ($3 + BATCH * SEQ / 2) / (BATCH * SEQ) ))   # nearest: equal FLOPs within half a step
+continue_step() { # NAME FROM TOKENS LR: a CPT or upcycled run of TOKENS
+    steps=$((($3 + BATCH * SEQ / 2) / (BATCH * SEQ)))   # nearest: equal FLOPs within half a step
     [ "$steps" -ge 1 ] || steps=1
     # validation every tenth of the run: the report averages the last three
-    run_train --from "$2" --data "$OUT/shards-cpt/train" --val "$OUT/shards-cpt/val" --batch "$BATCH" \
-        --seq-len "$SEQ" --steps "$steps" --lr "$4" --warmup $((steps / 10 + 1)) \
-        --eval-every $((steps / 10 > 0 ? steps / 10 : 1)) --eval-tokens "$TRAIN_EVAL_TOKENS" \
-        --force --out "$OUT/runs/$1" > "$OUT/runs/$1.mpk"
+    step "$1" train_run "$1" --from "$2" --data "$OUT/shards-cpt/train" --val "$OUT/shards-cpt/val" \
+        --batch "$BATCH" --seq-len "$SEQ" --steps "$steps" --lr "$4" --warmup $((steps / 10 + 1)) \
+        --eval-every $((steps / 10 > 0 ? steps / 10 : 1)) --eval-tokens "$TRAIN_EVAL_TOKENS"
 }
 
 if [ -n "${STUDY_SHARED:-}" ]; then
-    # one duration of several: the tokenizer and shards are the parent's
-    step tokenizer ln -sfn "$STUDY_SHARED/tokenizer.json" "$OUT/tokenizer.json"
-    step shards-pretrain ln -sfn "$STUDY_SHARED/shards-pre" "$OUT/shards-pre"
-    step shards-cpt ln -sfn "$STUDY_SHARED/shards-cpt" "$OUT/shards-cpt"
+    # one duration of several (OUT/tpp-D): the tokenizer and shards are the parent's
+    step tokenizer ln -sfn ../tokenizer.json "$OUT/tokenizer.json"
+    step shards-pretrain ln -sfn ../shards-pre "$OUT/shards-pre"
+    step shards-cpt ln -sfn ../shards-cpt "$OUT/shards-cpt"
 else
     if [ -n "${DENSE:-}" ]; then
         step tokenizer cp "$DENSE/tokenizer.json" "$OUT/tokenizer.json"
     elif [ -n "${TOKENIZER:-}" ]; then
         step tokenizer tokenize convert --tokenizer "$TOKENIZER" -o "$OUT/tokenizer.json"
     else
-        step tokenizer make_tokenizer
+        # shellcheck disable=SC2086
+        step tokenizer tokenize train --vocab-size "$VOCAB" --split "$SPLIT" -o "$OUT/tokenizer.json" $CORPUS
     fi
     # shellcheck disable=SC2086
-    step shards-pretrain make_shards pre $CORPUS
+    step shards-pretrain make_shards pre "$SPLIT" $CORPUS
     # shellcheck disable=SC2086
-    step shards-cpt make_shards cpt $CPT_CORPUS
+    step shards-cpt make_shards cpt "$SPLIT" $CPT_CORPUS
 fi
 step shards-verify sh -c "shard verify '$OUT/shards-pre' && shard verify '$OUT/shards-cpt'"
 
@@ -222,28 +260,30 @@ step shards-verify sh -c "shard verify '$OUT/shards-pre' && shard verify '$OUT/s
 # OUT/tpp-D (this script again), its dense model trained for D tokens per
 # parameter; then the report that compares them.
 if [ -n "${DURATIONS:-}" ] && [ -z "${STUDY_SHARED:-}" ]; then
-    [ -z "${DENSE:-}" ] || { echo "study: DURATIONS are pretraining durations; DENSE starts from a pretrained model" >&2; exit 64; }
     params=$(config_params "$CONFIG") || { echo "study: $CONFIG: cannot read the model's shape" >&2; exit 65; }
-    shared=$(cd "$OUT" && pwd)
     for d in $DURATIONS; do
-        steps=$(awk -v d="$d" -v p="$params" -v t=$((BATCH * SEQ)) 'BEGIN { if (d !~ /^[0-9]*\.?[0-9]+$/) exit 1; s = int(d * p / t + 0.5); print s < 1 ? 1 : s }') ||
-            { echo "study: DURATIONS: $d is not a number of tokens per parameter" >&2; exit 64; }
+        steps=$(awk -v d="$d" -v p="$params" -v t=$((BATCH * SEQ)) 'BEGIN { s = int(d * p / t + 0.5); print s < 1 ? 1 : s }')
         echo "study: === pretraining for $d tokens per parameter ($steps steps of $BATCH x $SEQ, $params parameters): $OUT/tpp-$d" >&2
-        STUDY_SHARED=$shared OUT=$OUT/tpp-$d DENSE_STEPS=$steps "$0"
+        STUDY_SHARED=1 STUDY_STALE=$stale OUT=$OUT/tpp-$d DENSE_STEPS=$steps "$0"
     done
     rm -f "$OUT/steps/report"
+    # shellcheck disable=SC2086
     step report "$here/report_durations.sh" "$OUT" $DURATIONS
     echo "study: the report is $OUT/report.md (each duration's in $OUT/tpp-D/report.md)" >&2
     exit 0
 fi
+
+mkdir -p "$OUT/runs" "$OUT/eval" "$OUT/serve"
 if [ -n "${DENSE:-}" ]; then
-    # a model pretrained elsewhere has no train records: an empty stream
-    step dense sh -c "rm -rf '$OUT/runs/dense' && ln -s '$(cd "$DENSE" && pwd)' '$OUT/runs/dense' && : > '$OUT/runs/dense.mpk'"
+    step dense link_dense "$(cd "$DENSE" && pwd)"
 else
-    step dense pretrain
+    step dense train_run dense --init "$CONFIG" --tokenizer "$OUT/tokenizer.json" --data "$OUT/shards-pre/train" \
+        --val "$OUT/shards-pre/val" --batch "$BATCH" --seq-len "$SEQ" --steps "$DENSE_STEPS" \
+        --lr "$LR_DENSE" --warmup $((DENSE_STEPS / 10 + 1))
 fi
-step upcycle-top2 upcycle_to "$TOPK"
-step upcycle-top1 upcycle_to 1
+# the upcycle that trains (top-TOPK), and top-1 for serving
+step "upcycle-top$TOPK" upcycle_to "$TOPK" --experts "$EXPERTS" --seq-len "$SEQ"
+[ "$TOPK" = 1 ] || step upcycle-top1 upcycle_to 1 --experts "$EXPERTS" --seq-len "$SEQ"
 
 # budgets: fractions of the pretraining tokens; the upcycled runs get as
 # many tokens as the same FLOPs buy (upcycle's iso-FLOP multiplier)
@@ -259,8 +299,8 @@ if [ -n "${LR_SWEEP:-}" ]; then
     sweep_tokens=$((dense_tokens * f0 / 100))
     sweep_up_tokens=$(awk -v t="$sweep_tokens" -v m="$mult" 'BEGIN { printf "%d", t * m }')
     for lr in $LR_SWEEP; do
-        step "sweep-cpt-$lr" continue_run "sweep-cpt-$lr" "$OUT/runs/dense" "$sweep_tokens" "$lr"
-        step "sweep-upcycled-$lr" continue_run "sweep-upcycled-$lr" "$OUT/runs/moe0-top$TOPK" "$sweep_up_tokens" "$lr"
+        continue_step "sweep-cpt-$lr" "$OUT/runs/dense" "$sweep_tokens" "$lr"
+        continue_step "sweep-upcycled-$lr" "$OUT/runs/moe0-top$TOPK" "$sweep_up_tokens" "$lr"
     done
     best() { # KIND: the swept rate with the lowest final validation loss
         for lr in $LR_SWEEP; do
@@ -275,8 +315,8 @@ fi
 for f in $FRACTIONS; do
     tokens=$((dense_tokens * f / 100))
     up_tokens=$(awk -v t="$tokens" -v m="$mult" 'BEGIN { printf "%d", t * m }')
-    step "cpt-$f" continue_run "cpt-$f" "$OUT/runs/dense" "$tokens" "$LR_CPT"
-    step "upcycled-$f" continue_run "upcycled-$f" "$OUT/runs/moe0-top$TOPK" "$up_tokens" "$LR_UP"
+    continue_step "cpt-$f" "$OUT/runs/dense" "$tokens" "$LR_CPT"
+    continue_step "upcycled-$f" "$OUT/runs/moe0-top$TOPK" "$up_tokens" "$LR_UP"
 done
 
 step tasks evaluate build --force --data "$OUT/shards-cpt/val" --tokenizer "$OUT/tokenizer.json" --out "$OUT/tasks"
@@ -288,7 +328,9 @@ done
 step evaluate sh -c "evaluate --device $DEVICE --data '$OUT/shards-cpt/val' --suite '$OUT/tasks/icl_tasks.yaml' \
     --gauntlet '$OUT/tasks/eval_gauntlet.yaml' --limit $EVAL_LIMIT --seq-len $EVAL_SEQ $models > '$OUT/eval/evaluate.mpk'"
 
-for m in dense "moe0-top1" "moe0-top$TOPK"; do
+serve_models="dense moe0-top1"
+[ "$TOPK" = 1 ] || serve_models="$serve_models moe0-top$TOPK"
+for m in $serve_models; do
     step "serve-$m" sh -c "serve-bench --device $DEVICE --model '$OUT/runs/$m' --scale $SERVE_SCALE \
         --requests $SERVE_REQUESTS --rates $RATES --kv-memory $KV_MEMORY > '$OUT/serve/$m.mpk'"
 done

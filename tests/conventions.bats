@@ -37,8 +37,8 @@ tools() {
     [ "$n" -ge 3 ]
 }
 
-@test "every man5 page renders without warnings" {
-    for page in "$BATS_TEST_DIRNAME"/../man/man5/*.5; do
+@test "every man5 and man7 page renders without warnings" {
+    for page in "$BATS_TEST_DIRNAME"/../man/man5/*.5 "$BATS_TEST_DIRNAME"/../man/man7/*.7; do
         [ -z "$(groff -man -Tutf8 -ww "$page" 2>&1 >/dev/null)" ] || { echo "$page has groff warnings" >&2; return 1; }
     done
 }

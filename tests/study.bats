@@ -137,7 +137,7 @@ require_gnuplot() {
     [ "$(records json "$TMP/d/tpp-0.001/runs/dense.mpk" | jq 'select(.event == "train_end") | .step')" = 7 ]
     [ "$(records json "$TMP/d/tpp-0.002/runs/dense.mpk" | jq 'select(.event == "train_end") | .tokens')" = 3584 ]
     # one tokenizer and one set of shards, shared
-    [ "$(readlink "$TMP/d/tpp-0.002/shards-cpt")" = "$(cd "$TMP/d" && pwd)/shards-cpt" ]
+    [ "$(readlink "$TMP/d/tpp-0.002/shards-cpt")" = ../shards-cpt ]
     [ ! -e "$TMP/d/runs/dense" ]
     # the comparison table is the durations' own pairs, with their dense start
     for d in 0.001 0.002; do
@@ -193,4 +193,57 @@ require_gnuplot() {
     grep -q "pretrained elsewhere on 3072 tokens" "$TMP/s/report.md"
     [ "$(ls "$TMP/hf" | tr '\n' ' ')" = "config.json model.safetensors tokenizer.json " ]
     [ "$(cat "$TMP/hf"/* | cksum)" = "$sum" ]
+}
+
+@test "study: a moved study still skips; a changed setting reruns its step and every step after it" {
+    require_gnuplot
+    cp -r "$S" "$TMP/moved"
+    run env SCALE=micro OUT="$TMP/moved" BIN="$UPCYC_BIN" LR_CPT=1e-3 "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 0
+    for s in tokenizer shards-pretrain shards-cpt shards-verify dense upcycle-top2 upcycle-top1; do
+        printf '%s\n' "$output" | grep -q "^study: $s  *done (skipped)$" || { echo "$s was not skipped: $output" >&2; return 1; }
+    done
+    assert_output_contains "cpt-50                       settings changed: running it again"
+    assert_output_contains "upcycled-50                  an earlier step ran again: running it again"
+    assert_output_contains "serve-moe0-top2              an earlier step ran again: running it again"
+    [ "$(records json "$TMP/moved/runs/cpt-50.mpk" | jq -s 'map(select(.event == "train_step")) | map(.lr) | max')" = 0.001 ]
+    # the study it was copied from is untouched
+    [ "$(records json "$S/runs/cpt-50.mpk" | jq -s 'map(select(.event == "train_step")) | map(.lr) | max')" = 0.0003 ]
+}
+
+@test "study: a tokenize that fails mid-stream fails the shard step, though shard saw a well-formed stream" {
+    mkdir "$TMP/bin"
+    for t in "$UPCYC_BIN"/*; do ln -s "$t" "$TMP/bin/"; done
+    rm "$TMP/bin/tokenize"
+    # encode writes the first file's tokens, then fails as a full disk would
+    cat > "$TMP/bin/tokenize" <<EOF
+#!/bin/sh
+if [ "\$1" = encode ]; then
+    "$UPCYC_BIN/tokenize" encode --tokenizer "\$3" --split "\$5" "\$6" || exit
+    echo "tokenize: stdout: No space left on device" >&2
+    exit 74
+fi
+exec "$UPCYC_BIN/tokenize" "\$@"
+EOF
+    chmod +x "$TMP/bin/tokenize"
+    run env SCALE=micro OUT="$TMP/s" BIN="$TMP/bin" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 74
+    assert_output_contains "study: step shards-pretrain failed"
+    assert_output_contains "No space left on device"
+    [ ! -e "$TMP/s/shards-pre" ] && [ ! -e "$TMP/s/steps/shards-pretrain" ]
+}
+
+@test "study: LAUNCH runs every training step through mpirun" {
+    require_gnuplot
+    command -v mpirun > /dev/null || skip "mpirun is not installed (openmpi-bin)"
+    run env SCALE=micro OUT="$TMP/m" BIN="$UPCYC_BIN" DENSE_STEPS=4 FRACTIONS=50 RATES=inf \
+        OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
+        "LSAN_OPTIONS=suppressions=$FIXTURES/lsan-openmpi.supp:print_suppressions=0:fast_unwind_on_malloc=0" \
+        LAUNCH="mpirun -np 2" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 0
+    for run in dense cpt-50 upcycled-50; do
+        [ "$(records json "$TMP/m/runs/$run.mpk" | jq -s 'map(select(.event == "train_start")) | first | .world_size')" = 2 ] ||
+            { echo "$run did not run in 2 processes" >&2; return 1; }
+    done
+    grep -q "(train: mpirun -np 2)" "$TMP/m/report.md"
 }

@@ -19,22 +19,6 @@ setup_file() {
     sed -n '/cat > "$D\/tiny.json"/,/^EOF/p' "$BATS_TEST_DIRNAME/train.bats" | sed '1d;$d' > "$D/tiny.json"
     # One thread per process: the 1-process runs compared against use one too.
     export BASE="--data $D/shards/train --tokenizer $D/tok.json --batch 4 --seq-len 32 --lr 1e-2 --warmup 2 --threads 1"
-    # Under make check-sanitize LeakSanitizer reports what Open MPI's own
-    # libraries and plugins keep until exit (MPI_Init's allocations, which
-    # MPI_Finalize does not free); stacks through them alone are suppressed,
-    # so train's own leaks are still found. Open MPI is built without frame
-    # pointers and unloads its plugins at MPI_Finalize, so the fast unwinder
-    # stops at an unnamed frame; mpirun below asks for the slow one
-    # (fast_unwind_on_malloc=0), which reaches libmpi's frames.
-    cat > "$D/lsan-openmpi.supp" <<'EOF'
-leak:libmpi.so
-leak:libopen-pal.so
-leak:libopen-rte.so
-leak:libpmix.so
-leak:libhwloc.so
-leak:libevent
-leak:mca_
-EOF
 }
 
 setup() {
@@ -45,7 +29,7 @@ setup() {
 # mpirun as root, more processes than cores, Open MPI's leaks suppressed;
 # "${MPIRUN[@]}" -np N train ... is mpirun itself (its pid for signals)
 MPIRUN=(env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-    "LSAN_OPTIONS=suppressions=$BATS_FILE_TMPDIR/lsan-openmpi.supp:print_suppressions=0:fast_unwind_on_malloc=0" mpirun)
+    "LSAN_OPTIONS=suppressions=$FIXTURES/lsan-openmpi.supp:print_suppressions=0:fast_unwind_on_malloc=0" mpirun)
 
 # mpi N ARGS...: ARGS in N processes
 mpi() {
