@@ -179,6 +179,7 @@ void cu_rope_fwd(const upc_kernels *K, const float *x, float *y, int B, int T, i
 void cu_rope_bwd(const upc_kernels *K, const float *dy, float *dx, int B, int T, int H, int hd,
                  int pos0, const int32_t *pos, float theta);
 void cu_swiglu_fwd(const upc_kernels *K, const float *gate, const float *up, float *out, size_t n);
+void cu_jitter_scale(const upc_kernels *K, float *x, size_t n, float eps, uint64_t key);
 void cu_swiglu_bwd(const upc_kernels *K, const float *gate, const float *up, const float *dout,
                    float *dgate, float *dup, size_t n);
 

@@ -241,6 +241,20 @@ static __global__ void swiglu_bwd_kernel(const float *gate, const float *up, con
     }
 }
 
+static __global__ void jitter_scale_kernel(float *x, size_t n, float eps, uint64_t key)
+{
+    GRID_STRIDE(i, n)
+        x[i] *= upc_jitter_factor(key, i, eps);
+}
+
+void cu_jitter_scale(const upc_kernels *K, float *x, size_t n, float eps, uint64_t key)
+{
+    if (n == 0)
+        return;
+    jitter_scale_kernel<<<cuda_blocks(n), CUDA_THREADS>>>(x, n, eps, key);
+    cuda_after_launch(K, "jitter_scale");
+}
+
 void cu_swiglu_fwd(const upc_kernels *K, const float *gate, const float *up, float *out, size_t n)
 {
     if (n == 0)

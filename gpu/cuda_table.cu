@@ -157,6 +157,7 @@ static void fill_table(upc_kernels *t)
     t->kv_cache_write = cu_kv_cache_write;
     t->paged_attention = cu_paged_attention;
     t->swiglu_fwd = cu_swiglu_fwd;
+    t->jitter_scale = cu_jitter_scale;
     t->swiglu_bwd = cu_swiglu_bwd;
     t->cross_entropy_fwd = cu_cross_entropy_fwd;
     t->cross_entropy_bwd = cu_cross_entropy_bwd;

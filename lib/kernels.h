@@ -164,6 +164,11 @@ struct upc_kernels {
     void (*swiglu_bwd)(const upc_kernels *K, const float *gate, const float *up,
                        const float *dout, float *dgate, float *dup, size_t n);
 
+    /* ---- router jitter: x[i] *= upc_jitter_factor(key, i, eps) ------------
+     * (kernels_math.h). The backward of a jitter is the same call on the
+     * gradient. */
+    void (*jitter_scale)(const upc_kernels *K, float *x, size_t n, float eps, uint64_t key);
+
     /* ---- softmax cross-entropy over the vocabulary -----------------------
      * logits [rows][V], targets [rows] in [0,V) or -1 (ignored: loss 0).
      * fwd: loss[r] = logsumexp(logits[r]) - logits[r][target]; lse [rows]

@@ -80,6 +80,7 @@ static const upc_kernels cpu_table = {
     .attention_fwd = cpu_attention_fwd,
     .attention_bwd = cpu_attention_bwd,
     .swiglu_fwd = cpu_swiglu_fwd,
+    .jitter_scale = cpu_jitter_scale,
     .swiglu_bwd = cpu_swiglu_bwd,
     .cross_entropy_fwd = cpu_cross_entropy_fwd,
     .cross_entropy_bwd = cpu_cross_entropy_bwd,

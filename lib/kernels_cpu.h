@@ -52,6 +52,7 @@ void cpu_rope_bwd(const upc_kernels *K, const float *dy, float *dx, int B, int T
                   int H, int hd, int pos0, const int32_t *pos, float theta);
 void cpu_swiglu_fwd(const upc_kernels *K, const float *gate, const float *up,
                     float *out, size_t n);
+void cpu_jitter_scale(const upc_kernels *K, float *x, size_t n, float eps, uint64_t key);
 void cpu_swiglu_bwd(const upc_kernels *K, const float *gate, const float *up,
                     const float *dout, float *dgate, float *dup, size_t n);
 

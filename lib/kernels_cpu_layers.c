@@ -145,6 +145,13 @@ void cpu_swiglu_fwd(const upc_kernels *K, const float *gate, const float *up,
         out[i] = upc_silu(gate[i]) * up[i];
 }
 
+void cpu_jitter_scale(const upc_kernels *K, float *x, size_t n, float eps, uint64_t key)
+{
+#pragma omp parallel for schedule(static) if (n >= CPU_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++)
+        x[i] *= upc_jitter_factor(key, i, eps);
+}
+
 void cpu_swiglu_bwd(const upc_kernels *K, const float *gate, const float *up,
                     const float *dout, float *dgate, float *dup, size_t n)
 {

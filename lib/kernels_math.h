@@ -43,6 +43,21 @@ static inline UPC_HD void upc_swiglu_bwd_elem(float g, float u, float dout,
     *du = dout * upc_silu(g);
 }
 
+/* ---- router jitter ---------------------------------------------------------
+ * The factor element i of a jittered tensor is multiplied by: uniform in
+ * [1 - eps, 1 + eps), hashed from (key, i) (splitmix64's finaliser over a
+ * counter), so it needs no state, the backward can draw it again, and every
+ * backend draws the same factors. */
+static inline UPC_HD float upc_jitter_factor(uint64_t key, uint64_t i, float eps)
+{
+    uint64_t z = key + (i + 1) * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    float u = (float)(z >> 40) * 0x1.0p-24f;   /* 24 bits: exact in a float */
+    return (1.0f - eps) + (2.0f * eps) * u;
+}
+
 /* ---- RMSNorm (one row of d elements) ------------------------------------
  * ss is the sum of squares of the row (accumulated by the caller in its own
  * order; the CPU uses double). */

@@ -19,7 +19,10 @@
  * GEMMs -> weighted combine. With upcyc.capacity_factor > 0 each expert
  * keeps its first ceil(cf * N * k / E) assignments in token order and the
  * rest are dropped (their combine weight is 0; counts in dropped_counts).
- * router_jitter_noise is not implemented (train warns that it is ignored).
+ * router_jitter_noise j > 0 multiplies each MoE block's input by uniform
+ * noise in [1 - j, 1 + j) in training forwards only (model_jitter_next), as
+ * HF Mixtral does in training mode: router and experts see the jittered
+ * input.
  *
  * Loss = ce + router_aux_loss_coef * lb + router_z_loss_coef * z, where
  *   ce: mean cross-entropy over targets != -1;
@@ -105,6 +108,9 @@ typedef struct model {
      * host int32 (0 for dense blocks; NULL without MoE layers). */
     int32_t *dropped_counts;
     double capacity_factor;       /* 0: dropless */
+    float jitter;                 /* router_jitter_noise (0: none) */
+    bool jitter_armed;            /* model_jitter_next: the next training forward jitters */
+    uint64_t jitter_key;
 
     model_workspace *ws;          /* activations, sized for (B, T) */
 } model;
@@ -166,6 +172,12 @@ size_t model_activation_bytes(const model *m);
  * Fails (EX_DATAERR) on an id or target outside the vocabulary. */
 void model_forward(model *m, const int32_t *ids, const int32_t *targets, int B, int T,
                    model_loss *loss);
+/* Router jitter for the next forward with targets only (a training
+ * micro-batch; validation and scoring forwards are never jittered): its
+ * noise is drawn from key (and the block), so the same key gives the same
+ * noise on every backend, and its backward follows it. Nothing happens
+ * when router_jitter_noise is 0. */
+void model_jitter_next(model *m, uint64_t key);
 /* Logits of the last forward, host [B*T][V]; valid until model_backward
  * (which reuses their memory). */
 void model_get_logits(const model *m, float *host);

@@ -204,6 +204,9 @@ void model_forward(model *m, const int32_t *ids, const int32_t *targets, int B, 
             w->n_targets += targets[i] != -1;
     }
 
+    w->jittered = m->jitter_armed && m->jitter > 0.0f && targets;
+    w->jitter_key = m->jitter_key;
+    m->jitter_armed = false;
     K->embedding_fwd(K, w->ids, (int)N, P(m, m->embed), m->V, d, w->x[0]);
     for (int l = 0; l < m->L; l++) {
         ws_layer *y = &w->layer[l];
@@ -243,6 +246,12 @@ void model_forward(model *m, const int32_t *ids, const int32_t *targets, int B, 
     w->ready = true;
     if (loss)
         *loss = out;
+}
+
+void model_jitter_next(model *m, uint64_t key)
+{
+    m->jitter_armed = true;
+    m->jitter_key = key;
 }
 
 void model_get_logits(const model *m, float *host)

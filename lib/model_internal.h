@@ -29,6 +29,8 @@ struct model_workspace {
     /* backward scratch */
     float *dres, *dtmp, *dh, *dq, *dk, *dv, *datt, *df1, *df2, *df3, *dxs, *dys, *dtopk_w, *drouter;
     bool ready;                                  /* a forward with targets awaits its backward */
+    bool jittered;                               /* that forward jittered its MoE inputs (with jitter_key) */
+    uint64_t jitter_key;
     long long n_targets;
     float *host_rows;                            /* host [N]: per-row losses */
 };

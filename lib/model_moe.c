@@ -23,6 +23,13 @@ int model_expert_capacity(const model *m, int N)
     return c > (double)N * m->kk ? N * m->kk : (int)c;
 }
 
+/* Block l's own jitter stream: the batch's key moved by a large odd
+ * multiple of the block number. */
+static uint64_t jitter_key(const model *m, int l)
+{
+    return m->ws->jitter_key + 0xd1342543de82ef95ULL * (uint64_t)(l + 1);
+}
+
 void model_moe_forward(model *m, int l, const float *x_mid, float *x_out)
 {
     const upc_kernels *K = m->K;
@@ -30,6 +37,10 @@ void model_moe_forward(model *m, int l, const float *x_mid, float *x_out)
     ws_layer *y = &m->ws->layer[l];
     int N = m->ws->N, d = m->d, F = m->F, E = m->E, kk = m->kk;
     int Nk = N * kk;
+    /* router jitter: the block's input h2 itself is scaled (the backward
+     * reads it as the router's and experts' input) */
+    if (m->ws->jittered)
+        K->jitter_scale(K, y->h2, (size_t)N * d, m->jitter, jitter_key(m, l));
     K->gemm(K, 0, 1, N, E, d, 1.0f, y->h2, d, P(m, ly->router), d, 0.0f, y->router_logits, E);
     K->router_fwd(K, y->router_logits, y->probs, y->topk_idx, y->topk_w, N, E, kk, m->renorm);
     K->moe_dispatch(K, y->topk_idx, N, kk, E, y->counts, y->offs, y->perm, y->pos);
@@ -95,4 +106,7 @@ void model_moe_backward(model *m, int l, const float *dres, float aux_scale, flo
         K->moe_z_loss_bwd(K, y->router_logits, N, E, 1.0f, z_scale, w->drouter);
     K->gemm(K, 1, 0, E, d, N, 1.0f, w->drouter, E, y->h2, d, 1.0f, G(m, ly->router), d);
     K->gemm(K, 0, 0, N, d, E, 1.0f, w->drouter, E, P(m, ly->router), d, 1.0f, w->dh, d);
+    /* d loss / d h2 = the jittered input's gradient times the same factors */
+    if (w->jittered)
+        K->jitter_scale(K, w->dh, (size_t)N * d, m->jitter, jitter_key(m, l));
 }

@@ -261,6 +261,36 @@ losses() {
     [ "$(records json < "$TMP/moe.mpk" | jq -c 'select(.event=="train_step") | has("dropped")' | sort -u)" = false ]
 }
 
+@test "train: router jitter noise trains, resumes bit for bit, and never touches validation" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --steps 10 --out "$TMP/dense" > /dev/null
+    upcycle --experts 4 --top-k 2 "$TMP/dense" "$TMP/calm" > /dev/null 2>&1
+    cp -r "$TMP/calm" "$TMP/jit"
+    jq '.router_jitter_noise = 0.2' "$TMP/calm/config.json" > "$TMP/jit/config.json"
+    local args="--data $D/shards/train --val $D/shards/val --eval-tokens 2048 --batch 4 --micro-batch 2 --seq-len 32 --seed 7 --schedule constant"
+    # shellcheck disable=SC2086
+    train --from "$TMP/calm" $args --steps 6 --lr 1e-3 --out "$TMP/c6" > "$TMP/c6.mpk" 2> "$TMP/c6.err"
+    # shellcheck disable=SC2086
+    train --from "$TMP/jit" $args --steps 6 --lr 1e-3 --out "$TMP/j6" > "$TMP/j6.mpk" 2> "$TMP/j6.err"
+    ! grep -q jitter "$TMP/j6.err"
+    # the same batch at step 1, another loss: the noise is there
+    [ "$(fields "$TMP/c6.mpk" train_step ce | head -1)" != "$(fields "$TMP/j6.mpk" train_step ce | head -1)" ]
+    # a run cut in two draws the same noise: the same losses and weights
+    # shellcheck disable=SC2086
+    train --from "$TMP/jit" $args --steps 3 --lr 1e-3 --out "$TMP/j3" > /dev/null
+    train --resume --steps 6 --out "$TMP/j3" > "$TMP/j3b.mpk"
+    diff <(losses "$TMP/j6.mpk" | awk '$1 > 3') <(losses "$TMP/j3b.mpk")
+    cmp "$TMP/j6/model.safetensors" "$TMP/j3/model.safetensors"
+    # with a learning rate too small to move a weight, validation sees the
+    # same model with and without jitter: validation is not jittered
+    # shellcheck disable=SC2086
+    train --from "$TMP/calm" $args --steps 1 --lr 1e-30 --out "$TMP/c0" > "$TMP/c0.mpk"
+    # shellcheck disable=SC2086
+    train --from "$TMP/jit" $args --steps 1 --lr 1e-30 --out "$TMP/j0" > "$TMP/j0.mpk"
+    [ "$(fields "$TMP/c0.mpk" eval loss)" = "$(fields "$TMP/j0.mpk" eval loss)" ]
+    [ "$(fields "$TMP/c0.mpk" train_step ce)" != "$(fields "$TMP/j0.mpk" train_step ce)" ]
+}
+
 @test "train: data or tokenizer that do not fit the model are refused, nothing written" {
     sed 's/"vocab_size": 512/"vocab_size": 300/' "$D/tiny.json" > "$TMP/small.json"
     run train --init "$TMP/small.json" --data "$D/shards/train" --seq-len 32 --steps 2 --out "$TMP/o"

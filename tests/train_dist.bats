@@ -103,8 +103,9 @@ EOF
     # shellcheck disable=SC2086
     train --init "$D/tiny.json" $BASE --steps 6 --out "$TMP/dense" > /dev/null
     upcycle --experts 4 --top-k 2 "$TMP/dense" "$TMP/moe0" > /dev/null 2>&1
-    # capacity mode too, so dropped slots are counted (and summed) per layer
-    jq '.upcyc.capacity_factor = 0.5' "$TMP/moe0/config.json" > "$TMP/c.json"
+    # capacity mode too, so dropped slots are counted (and summed) per layer;
+    # router jitter, whose noise follows the micro-batch, not the process
+    jq '.upcyc.capacity_factor = 0.5 | .router_jitter_noise = 0.2' "$TMP/moe0/config.json" > "$TMP/c.json"
     mv "$TMP/c.json" "$TMP/moe0/config.json"
     local args="--data $D/shards/train --batch 4 --seq-len 32 --steps 4 --lr 1e-3 --seed 7 --threads 1"
     # shellcheck disable=SC2086

@@ -419,9 +419,6 @@ static void build_model(run *r, const bool *given)
     if (r->cfg.max_position_embeddings > 0 && o->seq_len > r->cfg.max_position_embeddings)
         upc_usage_fail("--seq-len %lld exceeds the model's max_position_embeddings %lld", o->seq_len,
                        (long long)r->cfg.max_position_embeddings);
-    if (r->cfg.moe && r->cfg.router_jitter_noise > 0)
-        warn_once(r, "%s: router_jitter_noise %g is not implemented; training without jitter", src,
-                 r->cfg.router_jitter_noise);
     r->m = model_create(upc_backend(o->device), &r->cfg);
     if (o->init && !o->resume) {
         model_init_weights(r->m, (uint64_t)o->seed);
@@ -724,6 +721,15 @@ static double agreed_grad_norm(run *r, long long step)
     return isfinite(span[0]) && isfinite(span[1]) ? gnorm : NAN;
 }
 
+/* The router jitter noise of micro-batch `index` (over all processes) of
+ * step `step`: a function of the seed and both, so a resumed run and a run
+ * on another number of processes draw the same noise for the same tokens. */
+static uint64_t jitter_key(const run *r, long long step, size_t index)
+{
+    uint64_t words[3] = {(uint64_t)r->o.seed, (uint64_t)step, (uint64_t)index};
+    return upc_hash64(words, sizeof words, 0x6a6974746572ULL /* "jitter" */);
+}
+
 /* One optimizer step over a batch of --batch windows: this process's share
  * of them (windows rank*B/N .. (rank+1)*B/N - 1) in micro-batches, then the
  * shared gradients. Returns the stop signal the processes agreed on, or 0. */
@@ -745,6 +751,7 @@ static int train_step(run *r, long long step)
     for (size_t a = 0; a < accum; a++) {
         step_tokens += (long long)loader_batch_windows(b, T, first + a * mb, mb, r->ids, r->targets);
         model_loss l;
+        model_jitter_next(m, jitter_key(r, step, (size_t)r->rank * accum + a));
         model_forward(m, r->ids, r->targets, (int)mb, (int)T, &l);
         /* full windows: every micro-batch of every process has mb*T targets,
          * so the mean over the global batch's tokens is the mean of the

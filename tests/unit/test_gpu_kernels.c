@@ -316,6 +316,17 @@ static void test_swiglu(void)
     tw_free(g), tw_free(u), tw_free(o), tw_free(d), tw_free(dg), tw_free(du);
 }
 
+/* the factors are the same formula (kernels_math.h) on both sides; up to
+ * an FMA contraction on the GPU */
+static void test_jitter(void)
+{
+    size_t n = 70001;
+    twin x = tw_rand(n, -3, 3);
+    BOTH KK->jitter_scale(KK, P(x), n, 0.2f, 0x1234abcdULL);
+    compare("jitter_scale", "n=70001 eps=0.2", x, 1e-6, 1e-6);
+    tw_free(x);
+}
+
 /* ---- attention -------------------------------------------------------------------- */
 
 static void test_attention(int B, int T, int Hq, int Hkv, int hd)
@@ -583,6 +594,7 @@ int main(int argc, char **argv)
     test_rmsnorm(3, 4096);
     test_rope();
     test_swiglu();
+    test_jitter();
     test_attention(2, 37, 4, 2, 16);
     test_attention(1, 70, 6, 2, 72);
     test_attention(1, 129, 8, 2, 64);

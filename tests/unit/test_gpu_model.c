@@ -42,11 +42,13 @@ static void make_config(const model_config *dense, int variant, model_config *ou
     o.top_k = 2;
     upcycle_config(dense, &o, out, "test");
     out->router_z_loss_coef = 0.001;
-    if (variant == 2)
+    if (variant == 2) {
         out->capacity_factor = 1.0;
+        out->router_jitter_noise = 0.1;   /* armed before every training forward below */
+    }
 }
 
-static const char *variant_name[3] = {"dense", "moe-8x2", "moe-8x2-capacity1"};
+static const char *variant_name[3] = {"dense", "moe-8x2", "moe-8x2-capacity1-jitter"};
 
 static void batch(int V, int32_t *ids, int32_t *tg, uint64_t seed)
 {
@@ -78,7 +80,9 @@ static void step_variant(const model_config *dense, int variant)
     batch(mc->V, ids, tg, 3);
     model_loss lc, lg;
     model_zero_grads(mc), model_zero_grads(mg);
+    model_jitter_next(mc, 11);
     model_forward(mc, ids, tg, B, T, &lc);
+    model_jitter_next(mg, 11);
     model_forward(mg, ids, tg, B, T, &lg);
     const char *name = variant_name[variant];
     printf("%s step: loss cpu %.7f cuda %.7f (ce %.7f/%.7f lb %.6f/%.6f z %.6f/%.6f)\n", name, lc.total, lg.total, lc.ce,
@@ -162,6 +166,7 @@ static void train_variant(const model_config *dense, int variant, int steps)
         for (int w = 0; w < 2; w++) {
             model_loss l;
             model_zero_grads(m[w]);
+            model_jitter_next(m[w], (uint64_t)s);
             model_forward(m[w], ids, tg, B, T, &l);
             model_backward(m[w], 1.0f);
             double gn = optim_grad_norm(o[w], m[w]);

@@ -377,6 +377,48 @@ static void test_swiglu(void)
     K->free(K, dg), K->free(K, du), K->free(K, out), K->free(K, dr), K->free(K, gg), K->free(K, gu);
 }
 
+/* Router jitter: factors in [1 - eps, 1 + eps) with the uniform's mean and
+ * spread, the same for the same key (so the backward draws the forward's),
+ * others for another key, and no change at eps 0. */
+static void test_jitter(void)
+{
+    const size_t n = 100000;     /* above CPU_PARALLEL_MIN: the threaded loop */
+    const float eps = 0.25f;
+    float *ones = upc_malloc(n * sizeof *ones);
+    for (size_t i = 0; i < n; i++)
+        ones[i] = 1.0f;
+    float *a = dev_from(ones, n), *b = dev_from(ones, n), *c = dev_from(ones, n), *z = dev_from(ones, n);
+    K->jitter_scale(K, a, n, eps, 42);
+    K->jitter_scale(K, b, n, eps, 42);
+    K->jitter_scale(K, c, n, eps, 43);
+    K->jitter_scale(K, z, n, 0.0f, 42);
+    float *ha = host_of(a, n), *hb = host_of(b, n), *hc = host_of(c, n), *hz = host_of(z, n);
+    double sum = 0, sq = 0, lo = 2, hi = 0;
+    size_t same_c = 0;
+    for (size_t i = 0; i < n; i++) {
+        sum += ha[i];
+        sq += (ha[i] - 1.0) * (ha[i] - 1.0);
+        lo = fmin(lo, ha[i]);
+        hi = fmax(hi, ha[i]);
+        same_c += ha[i] == hc[i];
+    }
+    double mean = sum / n, var = sq / n, want_var = (double)eps * eps / 3.0;
+    CHECK_MSG(lo >= 1.0 - eps && hi < 1.0 + eps && lo < 1.0 - 0.99 * eps && hi > 1.0 + 0.99 * eps,
+              "jitter factors span [%.6f, %.6f], expected [0.75, 1.25)", lo, hi);
+    CHECK_MSG(fabs(mean - 1.0) < 0.005 * eps * 4 && fabs(var / want_var - 1.0) < 0.02,
+              "jitter factors: mean %.6f (want 1), variance %.6g (want %.6g)", mean, var, want_var);
+    CHECK_MSG(memcmp(ha, hb, n * sizeof *ha) == 0, "jitter with the same key differs");
+    CHECK_MSG(same_c < n / 1000, "jitter with keys 42 and 43 agrees on %zu of %zu elements", same_c, n);
+    CHECK_MSG(memcmp(hz, ones, n * sizeof *hz) == 0, "jitter with eps 0 changed the tensor");
+    /* the factor of element i depends on (key, i) only: a prefix gets the same */
+    float *p = dev_from(ones, 1000);
+    K->jitter_scale(K, p, 1000, eps, 42);
+    float *hp = host_of(p, 1000);
+    CHECK_MSG(memcmp(hp, ha, 1000 * sizeof *hp) == 0, "jitter of a prefix differs from the whole tensor's");
+    free(ones), free(ha), free(hb), free(hc), free(hz), free(hp);
+    K->free(K, a), K->free(K, b), K->free(K, c), K->free(K, z), K->free(K, p);
+}
+
 /* ---- cross-entropy --------------------------------------------------------------- */
 
 struct ce_ctx {
@@ -649,6 +691,7 @@ int main(void)
     test_rope();
     test_attention();
     test_swiglu();
+    test_jitter();
     test_cross_entropy();
     test_optim();
     test_elementwise();

@@ -65,6 +65,18 @@ static void batch(uint64_t seed, int32_t *ids, int32_t *targets)
     targets[3] = -1;            /* an ignored target in every batch */
 }
 
+/* The forwards of the gradient checks. With jitter_test set each one
+ * jitters its MoE inputs with the same key, so the loss stays a smooth
+ * function of the parameters that finite differences can follow. */
+static bool jitter_test;
+static const uint64_t jitter_test_key = 5;
+static void forward(model *m, const int32_t *ids, const int32_t *targets, int b, int t, model_loss *l)
+{
+    if (jitter_test)
+        model_jitter_next(m, jitter_test_key);
+    model_forward(m, ids, targets, b, t, l);
+}
+
 /* Multiply every matmul weight by `gain` (bigger weights, gradients well
  * above fp32 noise for the finite differences) and perturb the norms. */
 static void scale_weights(model *m, float gain, uint64_t seed)
@@ -112,7 +124,7 @@ static double loss_along(model *m, const model_tensor *t, const float *p, const 
         q[j] = (float)(p[j] + h * dir[j]);
     model_set_param(m, t, q);
     model_loss l;
-    model_forward(m, ids, targets, B, T, &l);
+    forward(m, ids, targets, B, T, &l);
     *flip = *flip || !same_routing(m, route0);
     model_set_param(m, t, p);
     free(q);
@@ -153,7 +165,7 @@ static void gradcheck(const char *label, model *m, const int32_t *ids, const int
     const int samples = 4;
     model_loss base;
     model_zero_grads(m);
-    model_forward(m, ids, targets, B, T, &base);
+    forward(m, ids, targets, B, T, &base);
     model_backward(m, 1.0f);
     size_t nroute = m->n_moe_layers ? (size_t)m->L * B * T * m->kk : 1;
     int32_t *route0 = upc_calloc(nroute, sizeof *route0);
@@ -222,7 +234,7 @@ static void all_grads_reach(const char *label, model *m, const int32_t *ids, con
     for (int i = 0; i < B * T; i++)
         targets[i] = targets_in[i] < 0 ? 0 : targets_in[i];
     model_zero_grads(m);
-    model_forward(m, ids, targets, B, T, NULL);
+    forward(m, ids, targets, B, T, NULL);
     model_backward(m, 1.0f);
     for (size_t i = 0; i < m->n_tensors; i++) {
         const model_tensor *t = &m->tensors[i];
@@ -357,6 +369,49 @@ static void test_capacity(const int32_t *ids, const int32_t *targets)
     model_free(tight);
 }
 
+/* Router jitter: only a forward armed by model_jitter_next jitters (one
+ * forward, then it is off again), the same key gives the same loss, a model
+ * with router_jitter_noise 0 ignores it, and the backward through the noise
+ * matches finite differences. */
+static void test_jitter(const int32_t *ids, const int32_t *targets)
+{
+    model_config c;
+    tiny_config(&c, 4, 2, true);
+    c.router_aux_loss_coef = 0.1;
+    c.router_z_loss_coef = 0.05;
+    c.router_jitter_noise = 0.3;
+    model *jit = model_create(kernels_cpu(), &c);
+    mc_free(&c);
+    model_init_weights(jit, 16);
+    scale_weights(jit, 10.0f, 7);
+    model *calm = tiny_model(4, 2, true, 16);
+    scale_weights(calm, 10.0f, 7);
+    model_loss plain, j1, j2, j3, after, calm_armed;
+    model_forward(jit, ids, targets, B, T, &plain);
+    model_jitter_next(jit, 5);
+    model_forward(jit, ids, targets, B, T, &j1);
+    model_jitter_next(jit, 5);
+    model_forward(jit, ids, targets, B, T, &j2);
+    model_jitter_next(jit, 6);
+    model_forward(jit, ids, targets, B, T, &j3);
+    model_forward(jit, ids, targets, B, T, &after);
+    model_jitter_next(calm, 5);
+    model_forward(calm, ids, targets, B, T, &calm_armed);
+    CHECK_MSG(j1.total == j2.total, "jitter with the same key: losses %.9g and %.9g", j1.total, j2.total);
+    CHECK_MSG(j1.total != plain.total && j3.total != j1.total,
+              "jitter changed nothing: plain %.9g, key 5 %.9g, key 6 %.9g", plain.total, j1.total, j3.total);
+    CHECK_MSG(after.total == plain.total, "a forward after the jittered one was jittered too: %.9g, plain %.9g",
+              after.total, plain.total);
+    CHECK_MSG(calm_armed.total == plain.total, "router_jitter_noise 0 jittered: %.9g, plain %.9g",
+              calm_armed.total, plain.total);
+    jitter_test = true;
+    gradcheck("moe E4 k2 jitter 0.3", jit, ids, targets);
+    all_grads_reach("moe E4 k2 jitter 0.3", jit, ids, targets);
+    jitter_test = false;
+    model_free(jit);
+    model_free(calm);
+}
+
 static void test_gradients(void)
 {
     int32_t ids[B * T], targets[B * T], none[B * T];
@@ -415,6 +470,7 @@ static void test_gradients(void)
     check_accumulation("moe E4 k2 raw probs untied", raw, ids, targets);
     model_free(raw);
     test_capacity(ids, targets);
+    test_jitter(ids, targets);
 }
 
 /* Copy the dense model's tensors into `moe`: same names, each FFN into
