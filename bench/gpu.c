@@ -6,7 +6,8 @@
  *                                          backward, clip, AdamW): tokens/s,
  *                                          achieved TFLOP/s (mc_train_flops_per_token),
  *                                          MFU against PEAK_TFLOPS (default 989,
- *                                          H100/H200 SXM dense bf16)
+ *                                          H100/H200 SXM dense bf16); GEMMs in
+ *                                          PRECISION (fp32, the default, or bf16)
  *   bench-gpu decode SHAPE CONTEXT STEPS   batch-1 engine decode after a
  *                                          CONTEXT-token prefill: tokens/s and
  *                                          GB/s (weights + KV read per token)
@@ -47,6 +48,7 @@ static void shape(const char *name, model_config *c)
 static void bench_train(const char *name, int B, int T, int steps)
 {
     const upc_kernels *K = cuda_or_skip();
+    K = upc_backend_precision(K, getenv("PRECISION") ? getenv("PRECISION") : "fp32");
     model_config cfg;
     shape(name, &cfg);
     model *m = model_create(K, &cfg);
@@ -79,9 +81,9 @@ static void bench_train(const char *name, int B, int T, int steps)
     double flops = mc_train_flops_per_token(&cfg, T) * (double)N;
     double peak = getenv("PEAK_TFLOPS") ? atof(getenv("PEAK_TFLOPS")) : 989.0;
     mc_params p = mc_param_count(&cfg);
-    printf("shape=%s params=%lld active=%lld B=%d T=%d step_s=%.4f tokens_per_s=%.0f tflops=%.2f mfu_bf16_peak=%.4f "
-           "peak_tflops=%.0f loss=%.4f activations_gb=%.2f\n",
-           name, (long long)p.total, (long long)p.active, B, T, step_s, (double)N / step_s, flops / step_s * 1e-12,
+    printf("shape=%s precision=%s params=%lld active=%lld B=%d T=%d step_s=%.4f tokens_per_s=%.0f tflops=%.2f "
+           "mfu_bf16_peak=%.4f peak_tflops=%.0f loss=%.4f activations_gb=%.2f\n",
+           name, K->precision, (long long)p.total, (long long)p.active, B, T, step_s, (double)N / step_s, flops / step_s * 1e-12,
            flops / step_s * 1e-12 / peak, peak, loss, model_activation_bytes(m) / 1e9);
     free(t), free(ids), free(tg);
     optim_free(opt);

@@ -1,15 +1,19 @@
-/* cuda_gemm.cu: dense, strided-batched and expert-grouped GEMMs on cuBLAS
- * SGEMM (fp32 in, fp32 accumulate, no TF32). cuBLAS is column-major: a
- * row-major C[m][n] is a column-major C^T, and C^T = op(B)^T op(A)^T, so
- * every call swaps the operands (B first) and the sizes (n, m).
+/* cuda_gemm.cu: dense, strided-batched and expert-grouped GEMMs on cuBLAS.
+ * The fp32 table's run SGEMM (fp32 in, fp32 accumulate, no TF32); the bf16
+ * table's round both operands into bf16 copies (upc_round_bf16, as the CPU
+ * reference does) and run cublasGemmEx on tensor cores with fp32
+ * accumulation and an fp32 C. cuBLAS is column-major: a row-major C[m][n]
+ * is a column-major C^T, and C^T = op(B)^T op(A)^T, so every call swaps the
+ * operands (B first) and the sizes (n, m).
  *
  * The grouped GEMMs read the E+1 group offsets back to the host (one
- * synchronous copy per call, into a pinned buffer) and run one SGEMM per
+ * synchronous copy per call, into a pinned buffer) and run one GEMM per
  * non-empty group. This is the first version the issue allows; the
- * alternatives (cublasSgemmGroupedBatched, which also wants host sizes, or
+ * alternatives (cublasGemmGroupedBatchedEx, which also wants host sizes, or
  * a device-side grouped kernel reading offs on the device) are left. */
 #include "cuda_internal.cuh"
 
+#include <cuda_bf16.h>
 #include <string.h>
 
 /* C[m][n] = beta * C, beta == 0 overwriting (NaN included). */
@@ -63,17 +67,76 @@ static void sgemm(const upc_kernels *K, const char *kernel, int trans_a, int tra
         cuda_after_launch(K, kernel);
 }
 
-void cu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
-             const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+/* ---- bf16 operands ------------------------------------------------------------- */
+
+/* `batch` matrices of rows x cols (leading dimension ld, `stride` apart) as
+ * one contiguous bf16 array, each element rounded as upc_round_bf16 rounds. */
+static __global__ void pack_bf16_kernel(const float *X, int rows, int cols, int ld, long long stride,
+                                        size_t total, __nv_bfloat16 *out)
 {
-    check_gemm("gemm", trans_a, trans_b, m, n, k, lda, ldb, ldc);
-    sgemm(K, "gemm", trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    size_t per = (size_t)rows * cols;
+    GRID_STRIDE(i, total) {
+        size_t b = i / per, r = (i % per) / cols, c = i % cols;
+        float v = upc_round_bf16(X[b * stride + r * (size_t)ld + c]);
+        __nv_bfloat16_raw raw;
+        raw.x = (unsigned short)(__float_as_uint(v) >> 16);
+        out[i] = raw;
+    }
 }
 
-void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
-                             float alpha, const float *A, int lda, long long stride_a, const float *B,
-                             int ldb, long long stride_b, float beta, float *C, int ldc,
-                             long long stride_c, int batch)
+static const __nv_bfloat16 *packed_bf16(const upc_kernels *K, const char *kernel, int slot, const float *X,
+                                        int rows, int cols, int ld, long long stride, int batch)
+{
+    size_t total = (size_t)rows * cols * batch;
+    __nv_bfloat16 *out = (__nv_bfloat16 *)cuda_scratch(K, slot, total * sizeof(__nv_bfloat16), kernel);
+    if (total == 0)
+        return out;
+    pack_bf16_kernel<<<cuda_blocks(total), CUDA_THREADS>>>(X, rows, cols, ld, stride, total, out);
+    cuda_after_launch(K, kernel);
+    return out;
+}
+
+/* Row-major C = alpha op(A) op(B) + beta C on packed bf16 operands (leading
+ * dimensions their column counts), fp32 accumulation and C. */
+static void gemm_ex(const upc_kernels *K, const char *kernel, int trans_a, int trans_b, int m, int n, int k,
+                    float alpha, const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float beta,
+                    float *C, int ldc)
+{
+    BLAS_CHECK(cublasGemmEx(CTX(K)->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            n, m, k, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               kernel);
+    if (CTX(K)->debug_sync)
+        cuda_after_launch(K, kernel);
+}
+
+/* sgemm, or with bf16 set the same product on bf16-rounded operands. */
+static void mm(const upc_kernels *K, const char *kernel, bool bf16, int trans_a, int trans_b, int m, int n,
+               int k, float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C,
+               int ldc)
+{
+    if (!bf16 || m == 0 || n == 0 || k == 0 || alpha == 0.0f) {
+        sgemm(K, kernel, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int a_rows = trans_a ? k : m, a_cols = trans_a ? m : k, b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
+    const __nv_bfloat16 *a = packed_bf16(K, kernel, SCRATCH_BF16_A, A, a_rows, a_cols, lda, 0, 1);
+    const __nv_bfloat16 *b = packed_bf16(K, kernel, SCRATCH_BF16_B, B, b_rows, b_cols, ldb, 0, 1);
+    gemm_ex(K, kernel, trans_a, trans_b, m, n, k, alpha, a, a_cols, b, b_cols, beta, C, ldc);
+}
+
+/* ---- dense and strided-batched --------------------------------------------------- */
+
+static void gemm(const upc_kernels *K, bool bf16, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    check_gemm("gemm", trans_a, trans_b, m, n, k, lda, ldb, ldc);
+    mm(K, "gemm", bf16, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void gemm_strided_batched(const upc_kernels *K, bool bf16, int trans_a, int trans_b, int m, int n, int k,
+                                 float alpha, const float *A, int lda, long long stride_a, const float *B, int ldb,
+                                 long long stride_b, float beta, float *C, int ldc, long long stride_c, int batch)
 {
     const char *kernel = "gemm_strided_batched";
     check_gemm(kernel, trans_a, trans_b, m, n, k, lda, ldb, ldc);
@@ -84,13 +147,26 @@ void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int
         scale_matrix(K, kernel, m, n, beta, C, ldc, stride_c, batch);
         return;
     }
-    BLAS_CHECK(cublasSgemmStridedBatched(CTX(K)->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                         trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, B, ldb,
-                                         stride_b, A, lda, stride_a, &beta, C, ldc, stride_c, batch),
-               kernel);
+    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (!bf16) {
+        BLAS_CHECK(cublasSgemmStridedBatched(CTX(K)->blas, op_b, op_a, n, m, k, &alpha, B, ldb, stride_b, A, lda,
+                                             stride_a, &beta, C, ldc, stride_c, batch),
+                   kernel);
+    } else {
+        int a_rows = trans_a ? k : m, a_cols = trans_a ? m : k, b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
+        const __nv_bfloat16 *a = packed_bf16(K, kernel, SCRATCH_BF16_A, A, a_rows, a_cols, lda, stride_a, batch);
+        const __nv_bfloat16 *b = packed_bf16(K, kernel, SCRATCH_BF16_B, B, b_rows, b_cols, ldb, stride_b, batch);
+        BLAS_CHECK(cublasGemmStridedBatchedEx(CTX(K)->blas, op_b, op_a, n, m, k, &alpha, b, CUDA_R_16BF, b_cols,
+                                              (long long)b_rows * b_cols, a, CUDA_R_16BF, a_cols,
+                                              (long long)a_rows * a_cols, &beta, C, CUDA_R_32F, ldc, stride_c,
+                                              batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                   kernel);
+    }
     if (CTX(K)->debug_sync)
         cuda_after_launch(K, kernel);
 }
+
+/* ---- expert-grouped -------------------------------------------------------------- */
 
 /* The group offsets on the host, checked as the CPU backend checks them. */
 static const int32_t *host_offsets(const upc_kernels *K, const char *kernel, int E, const int32_t *offs,
@@ -116,39 +192,123 @@ static const int32_t *host_offsets(const upc_kernels *K, const char *kernel, int
     return c->host_offs;
 }
 
-void cu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
-                         const float *X, const float *W, float beta, float *Y)
+/* One product per group g, rows o[g] .. o[g+1] of the row-wise operands;
+ * in bf16 every operand is rounded once, whole, before the groups run. The
+ * three shapes: */
+enum grouped_kind {
+    GROUPED_FWD,   /* Y[rows][n] = X[rows][k] W_g^T + beta Y   (a = X, b = W [E][n][k]) */
+    GROUPED_DX,    /* dX[rows][k] = dY[rows][n] W_g + beta dX  (a = dY, b = W) */
+    GROUPED_DW     /* dW_g[n][k] = dY^T X + beta dW_g          (a = dY [rows][n], b = X [rows][k]) */
+};
+
+static void grouped(const upc_kernels *K, const char *kernel, enum grouped_kind kind, bool bf16, int E,
+                    const int32_t *offs, int n, int k, const float *a, const float *b, float beta, float *out)
 {
-    const char *kernel = "grouped_gemm_fwd";
     const int32_t *o = host_offsets(K, kernel, E, offs, n, k);
+    int total = o[E], kn = k > 0 ? k : 1, nn = n > 0 ? n : 1;
+    const __nv_bfloat16 *a16 = NULL, *b16 = NULL;
+    if (bf16 && n > 0 && k > 0) {
+        a16 = packed_bf16(K, kernel, SCRATCH_BF16_A, a, total, kind == GROUPED_FWD ? k : n, kind == GROUPED_FWD ? k : n,
+                          0, 1);
+        b16 = kind == GROUPED_DW ? packed_bf16(K, kernel, SCRATCH_BF16_B, b, total, k, k, 0, 1)
+                                 : packed_bf16(K, kernel, SCRATCH_BF16_B, b, E * n, k, k, 0, 1);
+    }
+    /* every group, empty ones included: beta scales an unused expert's dW */
     for (int g = 0; g < E; g++) {
         int r0 = o[g], rows = o[g + 1] - o[g];
-        sgemm(K, kernel, 0, 1, rows, n, k, 1.0f, X + (size_t)r0 * k, k > 0 ? k : 1, W + (size_t)g * n * k,
-              k > 0 ? k : 1, beta, Y + (size_t)r0 * n, n > 0 ? n : 1);
+        size_t w = (size_t)g * n * k;
+        switch (kind) {
+        case GROUPED_FWD:
+            if (a16 && rows > 0)
+                gemm_ex(K, kernel, 0, 1, rows, n, k, 1.0f, a16 + (size_t)r0 * k, kn, b16 + w, kn, beta,
+                        out + (size_t)r0 * n, nn);
+            else
+                sgemm(K, kernel, 0, 1, rows, n, k, 1.0f, a + (size_t)r0 * k, kn, b + w, kn, beta, out + (size_t)r0 * n,
+                      nn);
+            break;
+        case GROUPED_DX:
+            if (a16 && rows > 0)
+                gemm_ex(K, kernel, 0, 0, rows, k, n, 1.0f, a16 + (size_t)r0 * n, nn, b16 + w, kn, beta,
+                        out + (size_t)r0 * k, kn);
+            else
+                sgemm(K, kernel, 0, 0, rows, k, n, 1.0f, a + (size_t)r0 * n, nn, b + w, kn, beta, out + (size_t)r0 * k,
+                      kn);
+            break;
+        case GROUPED_DW:
+            if (a16 && rows > 0)
+                gemm_ex(K, kernel, 1, 0, n, k, rows, 1.0f, a16 + (size_t)r0 * n, nn, b16 + (size_t)r0 * k, kn, beta,
+                        out + w, kn);
+            else
+                sgemm(K, kernel, 1, 0, n, k, rows, 1.0f, a + (size_t)r0 * n, nn, b + (size_t)r0 * k, kn, beta, out + w,
+                      kn);
+            break;
+        }
     }
 }
 
-void cu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
-                        const float *dY, const float *W, float beta, float *dX)
+/* ---- the tables' entry points: fp32 and bf16 --------------------------------------- */
+
+void cu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *A,
+             int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    const char *kernel = "grouped_gemm_dx";
-    const int32_t *o = host_offsets(K, kernel, E, offs, n, k);
-    for (int g = 0; g < E; g++) {
-        int r0 = o[g], rows = o[g + 1] - o[g];
-        sgemm(K, kernel, 0, 0, rows, k, n, 1.0f, dY + (size_t)r0 * n, n > 0 ? n : 1, W + (size_t)g * n * k,
-              k > 0 ? k : 1, beta, dX + (size_t)r0 * k, k > 0 ? k : 1);
-    }
+    gemm(K, false, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void cu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
-                        const float *dY, const float *X, float beta, float *dW)
+void cu_gemm_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    const char *kernel = "grouped_gemm_dw";
-    const int32_t *o = host_offsets(K, kernel, E, offs, n, k);
-    /* every group, empty ones included: beta scales an unused expert */
-    for (int g = 0; g < E; g++) {
-        int r0 = o[g], rows = o[g + 1] - o[g];
-        sgemm(K, kernel, 1, 0, n, k, rows, 1.0f, dY + (size_t)r0 * n, n > 0 ? n : 1, X + (size_t)r0 * k,
-              k > 0 ? k : 1, beta, dW + (size_t)g * n * k, k > 0 ? k : 1);
-    }
+    gemm(K, true, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                             const float *A, int lda, long long stride_a, const float *B, int ldb,
+                             long long stride_b, float beta, float *C, int ldc, long long stride_c, int batch)
+{
+    gemm_strided_batched(K, false, trans_a, trans_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C,
+                         ldc, stride_c, batch);
+}
+
+void cu_gemm_strided_batched_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
+                                  float alpha, const float *A, int lda, long long stride_a, const float *B,
+                                  int ldb, long long stride_b, float beta, float *C, int ldc,
+                                  long long stride_c, int batch)
+{
+    gemm_strided_batched(K, true, trans_a, trans_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C,
+                         ldc, stride_c, batch);
+}
+
+void cu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
+                         const float *W, float beta, float *Y)
+{
+    grouped(K, "grouped_gemm_fwd", GROUPED_FWD, false, E, offs, n, k, X, W, beta, Y);
+}
+
+void cu_grouped_gemm_fwd_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
+                              const float *W, float beta, float *Y)
+{
+    grouped(K, "grouped_gemm_fwd", GROUPED_FWD, true, E, offs, n, k, X, W, beta, Y);
+}
+
+void cu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
+                        const float *W, float beta, float *dX)
+{
+    grouped(K, "grouped_gemm_dx", GROUPED_DX, false, E, offs, n, k, dY, W, beta, dX);
+}
+
+void cu_grouped_gemm_dx_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
+                             const float *W, float beta, float *dX)
+{
+    grouped(K, "grouped_gemm_dx", GROUPED_DX, true, E, offs, n, k, dY, W, beta, dX);
+}
+
+void cu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
+                        const float *X, float beta, float *dW)
+{
+    grouped(K, "grouped_gemm_dw", GROUPED_DW, false, E, offs, n, k, dY, X, beta, dW);
+}
+
+void cu_grouped_gemm_dw_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
+                             const float *X, float beta, float *dW)
+{
+    grouped(K, "grouped_gemm_dw", GROUPED_DW, true, E, offs, n, k, dY, X, beta, dW);
 }

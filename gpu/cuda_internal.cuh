@@ -44,8 +44,8 @@ typedef struct {
     int device;
     cublasHandle_t blas;
     int *err;                 /* device int: a cuda_err_code */
-    void *scratch[2];         /* grow-only device workspaces (see cuda_scratch) */
-    size_t scratch_bytes[2];
+    void *scratch[4];         /* grow-only device workspaces (see cuda_scratch) */
+    size_t scratch_bytes[4];
     int32_t *host_offs;       /* pinned host copy of grouped-GEMM offsets */
     size_t host_offs_cap;
     int debug_sync;           /* UPC_CUDA_SYNC=1: sync + check after every kernel */
@@ -89,8 +89,8 @@ void cuda_check_device_error(const upc_kernels *K, const char *where);
  * growing waits for the device, as cudaFree does). Valid until the next
  * cuda_scratch call for the same slot. Slot 0 is the kernels', slot 1 the
  * sort's (cuda_stable_sort_indices), so a kernel may keep slot 0 across a
- * sort. */
-enum { SCRATCH_KERNEL = 0, SCRATCH_SORT = 1 };
+ * sort; slots 2 and 3 hold the bf16 GEMMs' rounded operands. */
+enum { SCRATCH_KERNEL = 0, SCRATCH_SORT = 1, SCRATCH_BF16_A = 2, SCRATCH_BF16_B = 3 };
 void *cuda_scratch(const upc_kernels *K, int slot, size_t bytes, const char *kernel);
 
 /* Record a device-side error (the first one wins). */
@@ -164,6 +164,20 @@ void cu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n,
                         const float *dY, const float *W, float beta, float *dX);
 void cu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
                         const float *dY, const float *X, float beta, float *dW);
+/* the bf16 table's: operands rounded to bf16 (upc_round_bf16), cublasGemmEx
+ * with fp32 accumulation and output */
+void cu_gemm_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+void cu_gemm_strided_batched_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
+                                  float alpha, const float *A, int lda, long long stride_a, const float *B,
+                                  int ldb, long long stride_b, float beta, float *C, int ldc,
+                                  long long stride_c, int batch);
+void cu_grouped_gemm_fwd_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
+                              const float *X, const float *W, float beta, float *Y);
+void cu_grouped_gemm_dx_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
+                             const float *dY, const float *W, float beta, float *dX);
+void cu_grouped_gemm_dw_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
+                             const float *dY, const float *X, float beta, float *dW);
 
 /* cuda_layers.cu */
 void cu_embedding_fwd(const upc_kernels *K, const int32_t *ids, int rows, const float *table, int V,

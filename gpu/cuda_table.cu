@@ -134,6 +134,7 @@ static void fill_table(upc_kernels *t)
 {
     t->name = "cuda";
     t->ctx = &the_ctx;
+    t->precision = "fp32";
     t->alloc = cu_alloc;
     t->free = cu_free;
     t->upload = cu_upload;
@@ -253,6 +254,23 @@ extern "C" const upc_kernels *kernels_cuda(char *why, size_t n)
     if (why && n)
         snprintf(why, n, "%s", init_why);
     return NULL;
+}
+
+extern "C" const upc_kernels *kernels_cuda_bf16(void)
+{
+    static upc_kernels t;
+    if (init_state <= 0)
+        return NULL;
+    if (!t.name) {
+        t = the_table;
+        t.precision = "bf16";
+        t.gemm = cu_gemm_bf16;
+        t.gemm_strided_batched = cu_gemm_strided_batched_bf16;
+        t.grouped_gemm_fwd = cu_grouped_gemm_fwd_bf16;
+        t.grouped_gemm_dx = cu_grouped_gemm_dx_bf16;
+        t.grouped_gemm_dw = cu_grouped_gemm_dw_bf16;
+    }
+    return &t;
 }
 
 extern "C" const char *kernels_cuda_device_name(void)

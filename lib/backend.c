@@ -9,6 +9,7 @@
 #include <string.h>
 
 #pragma weak kernels_cuda
+#pragma weak kernels_cuda_bf16
 #pragma weak kernels_cuda_device_name
 
 bool upc_backend_has_cuda(void)
@@ -59,6 +60,23 @@ const upc_kernels *upc_backend_find(const char *name, char *why, size_t n)
         return kernels_cpu();
     snprintf(why, n, "no CUDA device: %s", reason);
     return NULL;
+}
+
+const upc_kernels *upc_backend_precision(const upc_kernels *K, const char *precision)
+{
+    bool bf16 = strcmp(precision, "bf16") == 0;
+    if (!bf16 && strcmp(precision, "fp32") != 0)
+        upc_fail(EX_USAGE, "--precision %s: expected fp32 or bf16", precision);
+    if (strcmp(K->precision, precision) == 0)
+        return K;
+    if (strcmp(K->name, "cpu") == 0)
+        return bf16 ? kernels_cpu_bf16() : kernels_cpu();
+    /* a CUDA table exists only once kernels_cuda succeeded */
+    char why[256];
+    const upc_kernels *C = bf16 ? kernels_cuda_bf16() : kernels_cuda(why, sizeof why);
+    if (!C)
+        upc_fail(EX_SOFTWARE, "--precision %s: no %s table of the %s backend", precision, precision, K->name);
+    return C;
 }
 
 const upc_kernels *upc_backend(const char *name)

@@ -21,6 +21,10 @@
  * "no CUDA device: REASON". */
 const upc_kernels *upc_backend(const char *name);
 
+/* Backend K's table of the given GEMM precision (kernels.h): "fp32" or
+ * "bf16"; fails (EX_USAGE) naming --precision on any other. */
+const upc_kernels *upc_backend_precision(const upc_kernels *K, const char *precision);
+
 /* The same without failing: NULL and the reason in why[n]. */
 const upc_kernels *upc_backend_find(const char *name, char *why, size_t n);
 
@@ -38,6 +42,8 @@ const char *upc_backend_describe(const upc_kernels *K);
 /* Defined by gpu/ (CUDA builds only): the CUDA backend, or NULL with the
  * reason (no device, no driver) in why[n]. Call through upc_backend. */
 const upc_kernels *kernels_cuda(char *why, size_t n);
+/* Its bf16 table, once kernels_cuda succeeded (gpu/ only). */
+const upc_kernels *kernels_cuda_bf16(void);
 /* "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)" once kernels_cuda succeeded
  * (gpu/ only: call upc_backend_describe). */
 const char *kernels_cuda_device_name(void);

@@ -46,6 +46,12 @@ void upc_optim_params_at(upc_optim_params *p, long long step);
 struct upc_kernels {
     const char *name;           /* "cpu", "cuda" */
     void *ctx;                  /* backend state (handles, streams) */
+    /* "fp32", or "bf16": the table's GEMMs (gemm, gemm_strided_batched and
+     * the grouped GEMMs) round both operands to bfloat16 (upc_round_bf16)
+     * and accumulate in fp32, as tensor cores do; every other kernel, the
+     * weights and the optimizer state stay fp32. backend.h gives either
+     * table of a backend. */
+    const char *precision;
 
     /* ---- memory ---------------------------------------------------------
      * alloc: zero-filled, 64-byte aligned, NULL when out of memory (the
@@ -277,6 +283,9 @@ struct upc_kernels {
 
 /* The CPU backend: OpenBLAS SGEMM, OpenMP elsewhere, fp32. Never NULL. */
 const upc_kernels *kernels_cpu(void);
+/* The same with bf16 GEMMs (precision "bf16" above), emulated: operands
+ * rounded to bf16, then SGEMM. Never NULL. */
+const upc_kernels *kernels_cpu_bf16(void);
 
 /* Call first thing in main() of a tool that runs the CPU backend: unless
  * the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT, it re-executes the

@@ -59,6 +59,7 @@ static void cpu_sync(const upc_kernels *K)
 static const upc_kernels cpu_table = {
     .name = "cpu",
     .ctx = NULL,
+    .precision = "fp32",
     .alloc = cpu_alloc,
     .free = cpu_free,
     .upload = cpu_upload,
@@ -111,6 +112,21 @@ static const upc_kernels cpu_table = {
 const upc_kernels *kernels_cpu(void)
 {
     return &cpu_table;
+}
+
+const upc_kernels *kernels_cpu_bf16(void)
+{
+    static upc_kernels t;
+    if (!t.name) {
+        t = cpu_table;
+        t.precision = "bf16";
+        t.gemm = cpu_gemm_bf16;
+        t.gemm_strided_batched = cpu_gemm_strided_batched_bf16;
+        t.grouped_gemm_fwd = cpu_grouped_gemm_fwd_bf16;
+        t.grouped_gemm_dx = cpu_grouped_gemm_dx_bf16;
+        t.grouped_gemm_dw = cpu_grouped_gemm_dw_bf16;
+    }
+    return &t;
 }
 
 void kernels_cpu_prepare_process(char **argv)

@@ -1,9 +1,19 @@
 /* kernels_cpu_gemm.c: dense, strided-batched and expert-grouped GEMMs on
  * OpenBLAS SGEMM (row-major). OpenBLAS threads each call itself, so batches
- * and groups run one after another. */
+ * and groups run one after another.
+ *
+ * The bf16 table's entry points (kernels_cpu_bf16) round copies of both
+ * operands to bfloat16 first: a product of two bf16 values is exact in
+ * fp32, so this is what a bf16 tensor-core GEMM computes, up to the order
+ * of the fp32 sums. It is the reference the GPU's bf16 GEMMs are checked
+ * against, and shows on a CPU what bf16 does to a training run; it is
+ * slower than SGEMM (each call rounds its operands). */
 #include "kernels_cpu.h"
+#include "kernels_math.h"
 
 #include <cblas.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* C[m][n] = beta * C for the k == 0 case BLAS may not define; beta == 0
@@ -79,26 +89,59 @@ static void sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
                 beta, C, ldc);
 }
 
-void cpu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
-              float alpha, const float *A, int lda, const float *B, int ldb,
-              float beta, float *C, int ldc)
+/* The rows x cols matrix X (leading dimension ld) rounded to bf16, packed
+ * (leading dimension cols) into grow-only buffer `slot` (0: A, 1: B). The
+ * CPU backend runs on one thread (OpenMP inside), so static buffers do. */
+static const float *rounded_bf16(int slot, const float *X, int rows, int cols, int ld)
 {
-    check_gemm("gemm", trans_a, trans_b, m, n, k, lda, ldb, ldc);
+    static float *buf[2];
+    static size_t cap[2];
+    size_t need = (size_t)rows * cols;
+    if (need > cap[slot]) {
+        free(buf[slot]);
+        buf[slot] = upc_malloc(need * sizeof(float));
+        cap[slot] = need;
+    }
+    float *out = buf[slot];
+#pragma omp parallel for schedule(static) if (need >= CPU_PARALLEL_MIN)
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            out[(size_t)r * cols + c] = upc_round_bf16(X[(size_t)r * ld + c]);
+    return out;
+}
+
+/* sgemm, with both operands rounded to bf16 first when bf16 is set. */
+static void mm(bool bf16, int trans_a, int trans_b, int m, int n, int k, float alpha,
+               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    if (bf16 && m > 0 && n > 0 && k > 0 && alpha != 0.0f) {
+        int a_rows = trans_a ? k : m, a_cols = trans_a ? m : k;
+        int b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
+        A = rounded_bf16(0, A, a_rows, a_cols, lda);
+        B = rounded_bf16(1, B, b_rows, b_cols, ldb);
+        lda = a_cols;
+        ldb = b_cols;
+    }
     sgemm(trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void cpu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b,
-                              int m, int n, int k, float alpha,
-                              const float *A, int lda, long long stride_a,
-                              const float *B, int ldb, long long stride_b,
-                              float beta, float *C, int ldc, long long stride_c,
-                              int batch)
+static void gemm(bool bf16, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    check_gemm("gemm", trans_a, trans_b, m, n, k, lda, ldb, ldc);
+    mm(bf16, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void gemm_strided_batched(bool bf16, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                                 const float *A, int lda, long long stride_a, const float *B, int ldb,
+                                 long long stride_b, float beta, float *C, int ldc, long long stride_c,
+                                 int batch)
 {
     check_gemm("gemm_strided_batched", trans_a, trans_b, m, n, k, lda, ldb, ldc);
     CPU_REQUIRE(batch >= 0, "gemm_strided_batched", "negative batch");
     for (int i = 0; i < batch; i++)
-        sgemm(trans_a, trans_b, m, n, k, alpha, A + i * stride_a, lda,
-              B + i * stride_b, ldb, beta, C + i * stride_c, ldc);
+        mm(bf16, trans_a, trans_b, m, n, k, alpha, A + i * stride_a, lda, B + i * stride_b, ldb, beta,
+           C + i * stride_c, ldc);
 }
 
 static void check_groups(const char *kernel, int E, const int32_t *offs, int n, int k)
@@ -109,38 +152,105 @@ static void check_groups(const char *kernel, int E, const int32_t *offs, int n, 
         CPU_REQUIRE(offs[g + 1] >= offs[g], kernel, "offsets decrease");
 }
 
-void cpu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n,
-                          int k, const float *X, const float *W, float beta, float *Y)
+static void grouped_fwd(bool bf16, int E, const int32_t *offs, int n, int k, const float *X, const float *W,
+                        float beta, float *Y)
 {
     check_groups("grouped_gemm_fwd", E, offs, n, k);
     for (int g = 0; g < E; g++) {
         int r0 = offs[g], rows = offs[g + 1] - offs[g];
-        sgemm(0, 1, rows, n, k, 1.0f, X + (size_t)r0 * k, k > 0 ? k : 1,
+        mm(bf16, 0, 1, rows, n, k, 1.0f, X + (size_t)r0 * k, k > 0 ? k : 1,
               W + (size_t)g * n * k, k > 0 ? k : 1, beta, Y + (size_t)r0 * n,
               n > 0 ? n : 1);
     }
 }
 
-void cpu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n,
-                         int k, const float *dY, const float *W, float beta, float *dX)
+static void grouped_dx(bool bf16, int E, const int32_t *offs, int n, int k, const float *dY, const float *W,
+                       float beta, float *dX)
 {
     check_groups("grouped_gemm_dx", E, offs, n, k);
     for (int g = 0; g < E; g++) {
         int r0 = offs[g], rows = offs[g + 1] - offs[g];
-        sgemm(0, 0, rows, k, n, 1.0f, dY + (size_t)r0 * n, n > 0 ? n : 1,
+        mm(bf16, 0, 0, rows, k, n, 1.0f, dY + (size_t)r0 * n, n > 0 ? n : 1,
               W + (size_t)g * n * k, k > 0 ? k : 1, beta, dX + (size_t)r0 * k,
               k > 0 ? k : 1);
     }
 }
 
-void cpu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n,
-                         int k, const float *dY, const float *X, float beta, float *dW)
+static void grouped_dw(bool bf16, int E, const int32_t *offs, int n, int k, const float *dY, const float *X,
+                       float beta, float *dW)
 {
     check_groups("grouped_gemm_dw", E, offs, n, k);
     for (int g = 0; g < E; g++) {
         int r0 = offs[g], rows = offs[g + 1] - offs[g];
-        sgemm(1, 0, n, k, rows, 1.0f, dY + (size_t)r0 * n, n > 0 ? n : 1,
+        mm(bf16, 1, 0, n, k, rows, 1.0f, dY + (size_t)r0 * n, n > 0 ? n : 1,
               X + (size_t)r0 * k, k > 0 ? k : 1, beta, dW + (size_t)g * n * k,
               k > 0 ? k : 1);
     }
+}
+
+/* ---- the tables' entry points: fp32 (kernels_cpu) and bf16 (kernels_cpu_bf16) ---- */
+
+void cpu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *A,
+              int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    gemm(false, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void cpu_gemm_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    gemm(true, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void cpu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                              const float *A, int lda, long long stride_a, const float *B, int ldb,
+                              long long stride_b, float beta, float *C, int ldc, long long stride_c, int batch)
+{
+    gemm_strided_batched(false, trans_a, trans_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
+                         stride_c, batch);
+}
+
+void cpu_gemm_strided_batched_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
+                                   float alpha, const float *A, int lda, long long stride_a, const float *B,
+                                   int ldb, long long stride_b, float beta, float *C, int ldc,
+                                   long long stride_c, int batch)
+{
+    gemm_strided_batched(true, trans_a, trans_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
+                         stride_c, batch);
+}
+
+void cpu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
+                          const float *W, float beta, float *Y)
+{
+    grouped_fwd(false, E, offs, n, k, X, W, beta, Y);
+}
+
+void cpu_grouped_gemm_fwd_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
+                               const float *W, float beta, float *Y)
+{
+    grouped_fwd(true, E, offs, n, k, X, W, beta, Y);
+}
+
+void cpu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
+                         const float *W, float beta, float *dX)
+{
+    grouped_dx(false, E, offs, n, k, dY, W, beta, dX);
+}
+
+void cpu_grouped_gemm_dx_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
+                              const float *W, float beta, float *dX)
+{
+    grouped_dx(true, E, offs, n, k, dY, W, beta, dX);
+}
+
+void cpu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
+                         const float *X, float beta, float *dW)
+{
+    grouped_dw(false, E, offs, n, k, dY, X, beta, dW);
+}
+
+void cpu_grouped_gemm_dw_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
+                              const float *X, float beta, float *dW)
+{
+    grouped_dw(true, E, offs, n, k, dY, X, beta, dW);
 }

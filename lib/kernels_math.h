@@ -43,6 +43,20 @@ static inline UPC_HD void upc_swiglu_bwd_elem(float g, float u, float dout,
     *du = dout * upc_silu(g);
 }
 
+/* ---- bfloat16 ----------------------------------------------------------------
+ * x rounded to the nearest bfloat16 (ties to even), kept as a float: what a
+ * bf16 GEMM reads of an fp32 operand. Infinities stay; NaN stays NaN. The
+ * top 16 bits of the result are the bf16 value. */
+static inline UPC_HD float upc_round_bf16(float x)
+{
+    union { float f; uint32_t u; } v;
+    v.f = x;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u)
+        return x;
+    v.u = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) & 0xffff0000u;
+    return v.f;
+}
+
 /* ---- router jitter ---------------------------------------------------------
  * The factor element i of a jittered tensor is multiplied by: uniform in
  * [1 - eps, 1 + eps), hashed from (key, i) (splitmix64's finaliser over a

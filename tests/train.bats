@@ -291,6 +291,33 @@ losses() {
     [ "$(fields "$TMP/c0.mpk" train_step ce)" != "$(fields "$TMP/j0.mpk" train_step ce)" ]
 }
 
+@test "train: --precision bf16 trains close to fp32, is recorded, and a resume keeps it" {
+    local args="--init $D/tiny.json $BASE --steps 12 --schedule constant"
+    # shellcheck disable=SC2086
+    train $args --out "$TMP/f" > "$TMP/f.mpk"
+    # shellcheck disable=SC2086
+    train $args --precision bf16 --out "$TMP/h" > "$TMP/h.mpk"
+    [ "$(fields "$TMP/h.mpk" train_start precision)" = bf16 ]
+    [ "$(fields "$TMP/f.mpk" train_start precision)" = fp32 ]
+    # the same batches: bf16 losses within 2% of fp32's, and not the same bits
+    paste <(fields "$TMP/f.mpk" train_step loss) <(fields "$TMP/h.mpk" train_step loss) |
+        awk '{ d = ($1 - $2) / $1; if (d > 0.02 || d < -0.02) { print "differ:", $0; bad = 1 } if ($1 != $2) diff = 1 }
+             END { exit bad || !diff }'
+    # a resume runs bf16 again without being told, bit for bit
+    # shellcheck disable=SC2086
+    train $args --precision bf16 --steps 6 --out "$TMP/h2" > /dev/null
+    train --resume --steps 12 --out "$TMP/h2" > "$TMP/h2b.mpk"
+    [ "$(fields "$TMP/h2b.mpk" train_start precision)" = bf16 ]
+    diff <(losses "$TMP/h.mpk" | awk '$1 > 6') <(losses "$TMP/h2b.mpk")
+    cmp "$TMP/h/model.safetensors" "$TMP/h2/model.safetensors"
+    # shellcheck disable=SC2086
+    run train $args --precision fp8 --out "$TMP/x"
+    assert_status 64
+    assert_one_error_line train
+    assert_output_contains "--precision fp8: expected fp32 or bf16"
+    [ ! -e "$TMP/x" ]
+}
+
 @test "train: data or tokenizer that do not fit the model are refused, nothing written" {
     sed 's/"vocab_size": 512/"vocab_size": 300/' "$D/tiny.json" > "$TMP/small.json"
     run train --init "$TMP/small.json" --data "$D/shards/train" --seq-len 32 --steps 2 --out "$TMP/o"

@@ -80,6 +80,9 @@ static const char usage[] =
     "  --save-every N       save every N steps (default 0: only at the end)\n"
     "  --threads N          CPU threads (default: OpenMP's choice)\n"
     "  --device NAME        cpu (default), cuda (when built with it) or auto\n"
+    "  --precision P        fp32 (default) or bf16: GEMM operands rounded to bf16,\n"
+    "                       fp32 accumulation, weights and optimizer state (on a\n"
+    "                       CPU emulated, slower; on a GPU tensor cores)\n"
     "  -h, --help           show this help\n"
     "  --version            show the version\n"
     "\n"
@@ -100,7 +103,7 @@ static const char usage[] =
  * check on --resume that the run is the same run. */
 
 typedef struct {
-    const char *init, *from, *data, *val, *out, *tokenizer, *optimizer, *schedule, *device;
+    const char *init, *from, *data, *val, *out, *tokenizer, *optimizer, *schedule, *device, *precision;
     long long steps, tokens, batch, micro_batch, seq_len, warmup, decay_steps, seed, eval_every, eval_tokens, save_every,
         threads;
     double lr, beta1, beta2, eps, weight_decay, clip, min_lr_ratio;
@@ -131,6 +134,7 @@ static const opt_spec specs[] = {
     {"--optimizer", S(optimizer), true, false},
     {"--schedule", S(schedule), true, false},
     {"--device", S(device), false, false},
+    {"--precision", S(precision), true, true},
     {"--steps", I(steps, 1, 1e15), true, true},
     {"--tokens", I(tokens, 1, 1e18), true, true},
     {"--batch", I(batch, 1, 1 << 20), true, false},
@@ -165,6 +169,16 @@ static void *field(options *o, const opt_spec *s)
 static char *resolved[NSPECS * 4];
 static size_t n_resolved;
 
+/* The settings that name files or directories (resolved when parsed). */
+static bool is_path_setting(const opt_spec *s)
+{
+    static const char *const paths[] = {"--init", "--from", "--data", "--val"};
+    for (size_t i = 0; i < sizeof paths / sizeof *paths; i++)
+        if (strcmp(s->name, paths[i]) == 0)
+            return true;
+    return false;
+}
+
 static void parse_args(int argc, char **argv, options *o, bool *given)
 {
     for (int i = 1; i < argc; i++) {
@@ -189,7 +203,7 @@ static void parse_args(int argc, char **argv, options *o, bool *given)
             upc_usage_fail(k == NSPECS ? "unknown option or argument '%s'" : "%s needs a value", a);
         const opt_spec *s = &specs[k];
         const char *v = argv[++i];
-        if (s->type == OPT_STR && s->setting && strcmp(s->name, "--optimizer") && strcmp(s->name, "--schedule")) {
+        if (is_path_setting(s)) {
             /* a path: stored resolved, so a resume from another directory
              * reads the same files and compares like with like */
             if (n_resolved == sizeof resolved / sizeof *resolved)
@@ -419,7 +433,7 @@ static void build_model(run *r, const bool *given)
     if (r->cfg.max_position_embeddings > 0 && o->seq_len > r->cfg.max_position_embeddings)
         upc_usage_fail("--seq-len %lld exceeds the model's max_position_embeddings %lld", o->seq_len,
                        (long long)r->cfg.max_position_embeddings);
-    r->m = model_create(upc_backend(o->device), &r->cfg);
+    r->m = model_create(upc_backend_precision(upc_backend(o->device), o->precision), &r->cfg);
     if (o->init && !o->resume) {
         model_init_weights(r->m, (uint64_t)o->seed);
     } else {
@@ -562,7 +576,7 @@ static void pack_start(run *r)
 {
     mc_params p = mc_param_count(&r->cfg);
     msgpack_packer *pk = &r->rec.pk;
-    msgpack_pack_map(pk, 13);
+    msgpack_pack_map(pk, 14);
     mpk_pack_key_str(pk, "event", "train_start");
     mpk_pack_key_str(pk, "out", r->o.out);
     mpk_pack_key_str(pk, "mode", r->o.resume ? "resume" : r->o.from ? "from" : "init");
@@ -576,6 +590,7 @@ static void pack_start(run *r)
     mpk_pack_key_int(pk, "threads", r->st.threads);
     mpk_pack_key_int(pk, "world_size", r->world);
     mpk_pack_key_str(pk, "device", r->m->K->name);
+    mpk_pack_key_str(pk, "precision", r->m->K->precision);
     mpk_writer_emit(&r->rec);
 }
 
@@ -804,6 +819,7 @@ int main(int argc, char **argv)
         .optimizer = "adamw",
         .schedule = "cosine",
         .device = "cpu",
+        .precision = "fp32",
         .batch = 8,
         .seq_len = 256,
         .lr = 3e-4,
@@ -823,7 +839,9 @@ int main(int argc, char **argv)
     size_t n = strlen(o->out);
     while (n > 1 && o->out[n - 1] == '/')
         ((char *)o->out)[--n] = 0;
-    upc_backend(o->device);   /* a device that is not there fails here, before any output */
+    /* a device that is not there, or a precision no backend has, fails
+     * here, before any output */
+    upc_backend_precision(upc_backend(o->device), o->precision);
     char *state_path = upc_path_join(o->out, TRAIN_STATE_NAME);
     if (o->resume) {
         if (!exists(state_path))

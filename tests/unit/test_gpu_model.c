@@ -42,13 +42,25 @@ static void make_config(const model_config *dense, int variant, model_config *ou
     o.top_k = 2;
     upcycle_config(dense, &o, out, "test");
     out->router_z_loss_coef = 0.001;
-    if (variant == 2) {
+    if (variant == 2) {   /* BF16_VARIANT is variant 1's model */
         out->capacity_factor = 1.0;
         out->router_jitter_noise = 0.1;   /* armed before every training forward below */
     }
 }
 
-static const char *variant_name[3] = {"dense", "moe-8x2", "moe-8x2-capacity1-jitter"};
+/* variant 3 is variant 1 on the bf16 tables: bf16 GEMMs on both sides (the
+ * CPU emulating them), so only summation order and the bf16 rounding of
+ * values it moves across a rounding boundary differ: looser tolerances */
+enum { VARIANTS = 4, BF16_VARIANT = 3 };
+static const char *variant_name[VARIANTS] = {"dense", "moe-8x2", "moe-8x2-capacity1-jitter", "moe-8x2-bf16"};
+
+/* The CPU and CUDA tables a variant runs on. */
+static void tables(int variant, const upc_kernels **c, const upc_kernels **g)
+{
+    const char *p = variant == BF16_VARIANT ? "bf16" : "fp32";
+    *c = upc_backend_precision(C, p);
+    *g = upc_backend_precision(G, p);
+}
 
 static void batch(int V, int32_t *ids, int32_t *tg, uint64_t seed)
 {
@@ -73,7 +85,10 @@ static void step_variant(const model_config *dense, int variant)
 {
     model_config cfg;
     make_config(dense, variant, &cfg);
-    model *mc = model_create(C, &cfg), *mg = model_create(G, &cfg);
+    const upc_kernels *kc, *kg;
+    tables(variant, &kc, &kg);
+    model *mc = model_create(kc, &cfg), *mg = model_create(kg, &cfg);
+    double loss_tol = variant == BF16_VARIANT ? 1e-4 : 1e-5, grad_tol = variant == BF16_VARIANT ? 1e-2 : 1e-3;
     model_init_weights(mc, 7);
     model_init_weights(mg, 7);
     int32_t ids[B * T], tg[B * T];
@@ -87,8 +102,8 @@ static void step_variant(const model_config *dense, int variant)
     const char *name = variant_name[variant];
     printf("%s step: loss cpu %.7f cuda %.7f (ce %.7f/%.7f lb %.6f/%.6f z %.6f/%.6f)\n", name, lc.total, lg.total, lc.ce,
            lg.ce, lc.lb, lg.lb, lc.z, lg.z);
-    CHECK_MSG(rel(lg.total, lc.total) < 1e-5, "%s: loss cuda %.8g cpu %.8g", name, lg.total, lc.total);
-    CHECK_MSG(rel(lg.ce, lc.ce) < 1e-5, "%s: ce cuda %.8g cpu %.8g", name, lg.ce, lc.ce);
+    CHECK_MSG(rel(lg.total, lc.total) < loss_tol, "%s: loss cuda %.8g cpu %.8g", name, lg.total, lc.total);
+    CHECK_MSG(rel(lg.ce, lc.ce) < loss_tol, "%s: ce cuda %.8g cpu %.8g", name, lg.ce, lc.ce);
     CHECK_MSG(fabs(lg.lb - lc.lb) < 1e-6 && fabs(lg.z - lc.z) < 1e-5 * (1 + fabs(lc.z)), "%s: aux losses differ", name);
     int routing_diff = 0;
     if (mc->n_moe_layers) {
@@ -128,7 +143,7 @@ static void step_variant(const model_config *dense, int variant)
             maxabs = fabs(d) > maxabs || isnan(d) ? fabs(d) : maxabs;
         }
         double r = sqrt(d2) / (sqrt(n2) + 1e-20);
-        if (isnan(r) || (r > 1e-3 && sqrt(d2) > 1e-9)) {
+        if (isnan(r) || (r > grad_tol && sqrt(d2) > 1e-9)) {
             bad++;
             printf("FAIL %s grad %-48s rel L2 %.3e max abs %.3e (|g| %.3e)\n", name, t->name, r, maxabs, sqrt(n2));
         }
@@ -139,8 +154,8 @@ static void step_variant(const model_config *dense, int variant)
     }
     checks++;
     failures += bad > 0;
-    printf("%-4s %s step: gradients of %zu tensors, worst relative L2 error %.3e (%s), tolerance 1e-3\n",
-           bad ? "FAIL" : "ok", name, mc->n_tensors, worst, worst_name);
+    printf("%-4s %s step: gradients of %zu tensors, worst relative L2 error %.3e (%s), tolerance %.0e\n",
+           bad ? "FAIL" : "ok", name, mc->n_tensors, worst, worst_name, grad_tol);
     free(gc), free(gg);
     model_free(mc), model_free(mg);
     mc_free(&cfg);
@@ -150,7 +165,9 @@ static void train_variant(const model_config *dense, int variant, int steps)
 {
     model_config cfg;
     make_config(dense, variant, &cfg);
-    model *m[2] = {model_create(C, &cfg), model_create(G, &cfg)};
+    const upc_kernels *kc, *kg;
+    tables(variant, &kc, &kg);
+    model *m[2] = {model_create(kc, &cfg), model_create(kg, &cfg)};
     optim_config oc;
     optim_config_default(&oc, OPTIM_ADAMW);
     optim *o[2];
@@ -291,10 +308,10 @@ int main(int argc, char **argv)
     mc_load(&dense, argv[2]);
     printf("# %s: %s against the CPU, %s\n", argv[1], self ? "the CPU (harness check)" : upc_backend_describe(G),
            argv[2]);
-    for (int v = 0; v < 3; v++) {
+    for (int v = 0; v < VARIANTS; v++) {
         if (strcmp(argv[1], "step") == 0)
             step_variant(&dense, v);
-        else if (strcmp(argv[1], "train") == 0 && v < 2)
+        else if (strcmp(argv[1], "train") == 0 && v != 2)
             train_variant(&dense, v, 50);
         else if (strcmp(argv[1], "decode") == 0 && v < 2)
             decode_variant(&dense, v);

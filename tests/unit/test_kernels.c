@@ -4,15 +4,25 @@
  * differences, and determinism. Exits non-zero naming each failed check. */
 #include "kernels.h"
 #include "kernels_math.h"
+#include "safetensors.h"
 #include "test_kernels_util.h"
 
 #include <omp.h>
 
-/* ---- GEMM ---------------------------------------------------------------- */
+/* ---- GEMM ----------------------------------------------------------------
+ * Run twice: on the fp32 table, and on the bf16 table (kernels_cpu_bf16)
+ * against references whose operands are rounded to bf16 first. */
+
+static bool round_inputs;
+
+static double in(float x)
+{
+    return round_inputs ? upc_round_bf16(x) : x;
+}
 
 static double at(const float *M, int ld, int trans, int i, int j)
 {
-    return trans ? M[(size_t)j * ld + i] : M[(size_t)i * ld + j];
+    return in(trans ? M[(size_t)j * ld + i] : M[(size_t)i * ld + j]);
 }
 
 static void test_gemm_shape(int m, int n, int k)
@@ -46,7 +56,8 @@ static void test_gemm_shape(int m, int n, int k)
                 float *dA = dev_from(A, na), *dB = dev_from(B, nb), *dC = dev_from(C, nc);
                 K->gemm(K, ta, tb, m, n, k, alpha, dA, lda, dB, ldb, beta, dC, ldc);
                 char what[64];
-                snprintf(what, sizeof what, "gemm %dx%dx%d ta=%d tb=%d beta=%g", m, n, k, ta, tb, beta);
+                snprintf(what, sizeof what, "gemm %s %dx%dx%d ta=%d tb=%d beta=%g", K->precision, m, n, k, ta, tb,
+                         beta);
                 expect_close(what, dC, ref, nc, 1e-5, 1e-5);
                 free(A), free(B), free(C), free(ref);
                 K->free(K, dA), K->free(K, dB), K->free(K, dC);
@@ -70,7 +81,7 @@ static void test_gemm(void)
             for (int j = 0; j < n; j++) {
                 double s = 0.0;
                 for (int p = 0; p < k; p++)
-                    s += (double)A[b * sa + (size_t)p * m + i] * B[b * sb + (size_t)p * n + j];
+                    s += in(A[b * sa + (size_t)p * m + i]) * in(B[b * sb + (size_t)p * n + j]);
                 ref[b * sc + (size_t)i * n + j] = s;
             }
     float *dA = dev_from(A, (size_t)batch * sa), *dB = dev_from(B, (size_t)batch * sb);
@@ -80,6 +91,52 @@ static void test_gemm(void)
     expect_close("gemm_strided_batched", dC, ref, (size_t)batch * sc, 1e-5, 1e-5);
     free(A), free(B), free(ref);
     K->free(K, dA), K->free(K, dB), K->free(K, dC);
+}
+
+/* bf16 rounding: the bits safetensors writes for bf16, ties to even, the
+ * extremes; and the bf16 table's GEMM really rounds (it differs from fp32
+ * by about bf16's precision, 2^-8 relative per operand). */
+static void test_bf16(void)
+{
+    const float cases[] = {0.0f, -0.0f, 1.0f, 1.00390625f /* tie: 1 + 2^-8, rounds to even 1 */,
+                           1.01171875f /* tie: rounds up to 1.015625 */, 3.14159265f, -2.5e-20f, 6e37f,
+                           3.4e38f /* rounds to infinity */, INFINITY, -INFINITY, 1e-40f /* subnormal */};
+    const float want[] = {0.0f, -0.0f, 1.0f, 1.0f, 1.015625f, 3.140625f, NAN, NAN, INFINITY, INFINITY, -INFINITY, NAN};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        float r = upc_round_bf16(cases[i]);
+        uint32_t bits;
+        memcpy(&bits, &r, 4);
+        CHECK_MSG((bits & 0xffffu) == 0 && (uint16_t)(bits >> 16) == st_f32_to_bf16(cases[i]),
+                  "upc_round_bf16(%g) = %g, safetensors' bf16 of it %#06x", cases[i], r, st_f32_to_bf16(cases[i]));
+        CHECK_MSG(isnan(want[i]) || r == want[i], "upc_round_bf16(%.9g) = %.9g, expected %.9g", cases[i], r, want[i]);
+    }
+    CHECK(isnan(upc_round_bf16(NAN)));
+    uint64_t s = 5;
+    double worst = 0;
+    for (int i = 0; i < 100000; i++) {
+        float x = (float)((double)(upc_splitmix64(&s) >> 11) * 0x1.0p-53 * 200.0 - 100.0);
+        float r = upc_round_bf16(x);
+        uint32_t bits;
+        memcpy(&bits, &r, 4);
+        CHECK_MSG((uint16_t)(bits >> 16) == st_f32_to_bf16(x), "upc_round_bf16(%.9g) disagrees with safetensors", x);
+        worst = fmax(worst, fabs(r - x) / fabs(x));
+    }
+    CHECK_MSG(worst <= 0x1.0p-8 && worst > 0x1.0p-9, "bf16 rounding: worst relative error %g, expected 2^-8 (half of 7 mantissa bits)", worst);
+
+    const int m = 16, n = 16, k = 64;
+    float *A = host_rand((size_t)m * k, -1, 1), *B = host_rand((size_t)k * n, -1, 1);
+    const upc_kernels *F = kernels_cpu(), *H = kernels_cpu_bf16();
+    CHECK(strcmp(F->precision, "fp32") == 0 && strcmp(H->precision, "bf16") == 0);
+    float *dA = dev_from(A, (size_t)m * k), *dB = dev_from(B, (size_t)k * n);
+    float *c32 = dev_zeros((size_t)m * n), *c16 = dev_zeros((size_t)m * n);
+    F->gemm(F, 0, 0, m, n, k, 1.0f, dA, k, dB, n, 0.0f, c32, n);
+    H->gemm(H, 0, 0, m, n, k, 1.0f, dA, k, dB, n, 0.0f, c16, n);
+    double diff = 0;
+    for (int i = 0; i < m * n; i++)
+        diff = fmax(diff, fabs(c32[i] - c16[i]));
+    CHECK_MSG(diff > 1e-4 && diff < 0.1, "bf16 GEMM differs from fp32 by %g, expected about 1e-2", diff);
+    free(A), free(B);
+    K->free(K, dA), K->free(K, dB), K->free(K, c32), K->free(K, c16);
 }
 
 /* ---- embedding ------------------------------------------------------------ */
@@ -686,6 +743,12 @@ int main(void)
     omp_set_num_threads(2);
     test_math();
     test_gemm();
+    K = kernels_cpu_bf16();
+    round_inputs = true;
+    test_gemm();
+    K = kernels_cpu();
+    round_inputs = false;
+    test_bf16();
     test_embedding();
     test_rmsnorm();
     test_rope();

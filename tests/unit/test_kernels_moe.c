@@ -311,6 +311,50 @@ static void test_grouped_gemm(void)
     K->free(K, dr), K->free(K, gX), K->free(K, gW), K->free(K, gxd);
 }
 
+/* The bf16 table's grouped GEMMs: forward, dx and dw against naive sums of
+ * bf16-rounded operands, beta 1 accumulating into dw, and the same bits as
+ * one bf16 GEMM per group. */
+static void test_grouped_gemm_bf16(void)
+{
+    const upc_kernels *H = kernels_cpu_bf16();
+    const int32_t offs_h[HE + 1] = {0, 2, 2, 9, 10, 14};
+    const int rows = 14;
+    int32_t *offs = dev_ids(offs_h, HE + 1);
+    float *X = host_rand(rows * D, -1, 1), *W = host_rand(HE * F * D, -1, 1), *G = host_rand(rows * F, -1, 1);
+    float *dX = dev_from(X, rows * D), *dW = dev_from(W, HE * F * D), *dG = dev_from(G, rows * F);
+    float *Y = dev_zeros(rows * F), *gX = dev_zeros(rows * D), *gW = dev_rand(HE * F * D, 9, 10);
+    float *gW0 = host_of(gW, HE * F * D);
+    H->grouped_gemm_fwd(H, HE, offs, F, D, dX, dW, 0.0f, Y);
+    H->grouped_gemm_dx(H, HE, offs, F, D, dG, dW, 0.0f, gX);
+    H->grouped_gemm_dw(H, HE, offs, F, D, dG, dX, 1.0f, gW);
+    double *ry = upc_calloc(rows * F, sizeof(double)), *rx = upc_calloc(rows * D, sizeof(double));
+    double *rw = upc_calloc(HE * F * D, sizeof(double));
+    for (int i = 0; i < HE * F * D; i++)
+        rw[i] = gW0[i];
+    for (int g = 0; g < HE; g++)
+        for (int i = offs_h[g]; i < offs_h[g + 1]; i++)
+            for (int o = 0; o < F; o++)
+                for (int c = 0; c < D; c++) {
+                    double x = upc_round_bf16(X[i * D + c]), w = upc_round_bf16(W[(g * F + o) * D + c]);
+                    double gy = upc_round_bf16(G[i * F + o]);
+                    ry[i * F + o] += x * w;
+                    rx[i * D + c] += gy * w;
+                    rw[(g * F + o) * D + c] += gy * x;
+                }
+    expect_close("grouped_gemm_fwd bf16 vs naive on rounded operands", Y, ry, rows * F, 1e-5, 1e-5);
+    expect_close("grouped_gemm_dx bf16 vs naive on rounded operands", gX, rx, rows * D, 1e-5, 1e-5);
+    expect_close("grouped_gemm_dw bf16 (beta 1) vs naive on rounded operands", gW, rw, HE * F * D, 1e-5, 1e-5);
+    float *Yg = dev_zeros(rows * F);
+    for (int g = 0; g < HE; g++)
+        if (offs_h[g + 1] > offs_h[g])
+            H->gemm(H, 0, 1, offs_h[g + 1] - offs_h[g], F, D, 1.0f, dX + offs_h[g] * D, D, dW + g * F * D, D, 0.0f,
+                    Yg + offs_h[g] * F, F);
+    expect_same_bits("grouped_gemm_fwd bf16 vs per-group bf16 gemm", Y, Yg, rows * F * sizeof(float));
+    free(X), free(W), free(G), free(gW0), free(ry), free(rx), free(rw);
+    K->free(K, offs), K->free(K, dX), K->free(K, dW), K->free(K, dG), K->free(K, Y), K->free(K, gX);
+    K->free(K, gW), K->free(K, Yg);
+}
+
 /* ---- a whole MoE FFN: forward, backward, identity ---------------------------------- */
 
 /* Buffers of one MoE FFN (experts W1 gate, W3 up [E][F][D], W2 down [E][D][F],
@@ -550,6 +594,7 @@ int main(void)
     test_router();
     test_dispatch();
     test_grouped_gemm();
+    test_grouped_gemm_bf16();
     test_moe_identity();
     test_moe_backward();
     test_aux_losses();
