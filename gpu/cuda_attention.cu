@@ -383,3 +383,58 @@ void cu_attention_bwd(const upc_kernels *K, const float *q, const float *k, cons
               (run_bwd<128>(K, q, k, v, lse, D, dout, dq, dk, dv, B, T, Hq, Hkv, hd, scale)),
               (run_bwd<256>(K, q, k, v, lse, D, dout, dq, dk, dv, B, T, Hq, Hkv, hd, scale)));
 }
+
+/* ---- score-matrix rows (attention through GEMMs, lib/attention_gemm.c) ---------- */
+
+enum { ROW_THREADS = 256 };
+
+/* a block per row r of the n*T rows; its query index is r % T */
+static __global__ void __launch_bounds__(ROW_THREADS) attn_softmax_fwd_kernel(float *S, float *lse, int T)
+{
+    size_t r = blockIdx.x;
+    int i = (int)(r % (size_t)T);
+    float *x = S + r * T;
+    float l = block_logsumexp<ROW_THREADS>(x, i + 1);
+    for (int j = threadIdx.x; j < T; j += ROW_THREADS)
+        x[j] = j <= i ? expf(x[j] - l) : 0.0f;
+    if (threadIdx.x == 0)
+        lse[r] = l;
+}
+
+static __global__ void __launch_bounds__(ROW_THREADS)
+attn_softmax_bwd_kernel(const float *P, float *dP, int T, float scale)
+{
+    __shared__ double sh[ROW_THREADS];
+    size_t r = blockIdx.x;
+    int i = (int)(r % (size_t)T);
+    const float *p = P + r * T;
+    float *g = dP + r * T;
+    double dot = 0.0;
+    for (int j = threadIdx.x; j <= i; j += ROW_THREADS)
+        dot += (double)p[j] * g[j];
+    dot = block_sum(dot, sh);
+    for (int j = threadIdx.x; j < T; j += ROW_THREADS)
+        g[j] = j <= i ? scale * upc_softmax_bwd_elem(p[j], g[j], (float)dot) : 0.0f;
+}
+
+void cu_attn_softmax_fwd(const upc_kernels *K, float *S, float *lse, int n, int T)
+{
+    CUDA_REQUIRE(n >= 0 && T >= 0, "attn_softmax_fwd", "negative size");
+    size_t rows = (size_t)n * T;
+    CUDA_REQUIRE(rows < 2147483648u, "attn_softmax_fwd", "more than 2^31 rows");
+    if (rows == 0)
+        return;
+    attn_softmax_fwd_kernel<<<(unsigned)rows, ROW_THREADS>>>(S, lse, T);
+    cuda_after_launch(K, "attn_softmax_fwd");
+}
+
+void cu_attn_softmax_bwd(const upc_kernels *K, const float *P, float *dP, int n, int T, float scale)
+{
+    CUDA_REQUIRE(n >= 0 && T >= 0, "attn_softmax_bwd", "negative size");
+    size_t rows = (size_t)n * T;
+    CUDA_REQUIRE(rows < 2147483648u, "attn_softmax_bwd", "more than 2^31 rows");
+    if (rows == 0)
+        return;
+    attn_softmax_bwd_kernel<<<(unsigned)rows, ROW_THREADS>>>(P, dP, T, scale);
+    cuda_after_launch(K, "attn_softmax_bwd");
+}

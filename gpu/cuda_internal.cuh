@@ -134,6 +134,33 @@ static __device__ __forceinline__ T block_sum(T v, T *sh)
     return total;
 }
 
+/* logsumexp of x[0..n) by a block of THREADS threads: one pass of the
+ * online softmax per thread (upc_softmax_step), merged in a fixed tree
+ * (upc_softmax_merge). Every thread gets it. */
+template <int THREADS>
+static __device__ float block_logsumexp(const float *x, int n)
+{
+    __shared__ float shm[THREADS], shl[THREADS];
+    float m = -INFINITY, l = 0.0f;
+    for (int j = threadIdx.x; j < n; j += THREADS)
+        upc_softmax_step(&m, &l, x[j]);
+    shm[threadIdx.x] = m;
+    shl[threadIdx.x] = l;
+    __syncthreads();
+    for (unsigned s = THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float mm = shm[threadIdx.x], ll = shl[threadIdx.x];
+            upc_softmax_merge(&mm, &ll, shm[threadIdx.x + s], shl[threadIdx.x + s]);
+            shm[threadIdx.x] = mm;
+            shl[threadIdx.x] = ll;
+        }
+        __syncthreads();
+    }
+    float lse = shm[0] + logf(shl[0]);
+    __syncthreads();
+    return lse;
+}
+
 template <typename T>
 static __device__ __forceinline__ T block_max(T v, T *sh)
 {
@@ -200,6 +227,8 @@ void cu_swiglu_bwd(const upc_kernels *K, const float *gate, const float *up, con
 /* cuda_attention.cu */
 void cu_attention_fwd(const upc_kernels *K, const float *q, const float *k, const float *v,
                       float *out, float *lse, int B, int T, int Hq, int Hkv, int hd);
+void cu_attn_softmax_fwd(const upc_kernels *K, float *S, float *lse, int n, int T);
+void cu_attn_softmax_bwd(const upc_kernels *K, const float *P, float *dP, int n, int T, float scale);
 void cu_attention_bwd(const upc_kernels *K, const float *q, const float *k, const float *v,
                       const float *out, const float *lse, const float *dout, float *dq, float *dk,
                       float *dv, int B, int T, int Hq, int Hkv, int hd);

@@ -6,36 +6,12 @@
 
 enum { CE_THREADS = 256 };
 
-/* logsumexp of a row of V logits; every thread gets it. */
-static __device__ float row_logsumexp(const float *x, int V)
-{
-    __shared__ float shm[CE_THREADS], shl[CE_THREADS];
-    float m = -INFINITY, l = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x)
-        upc_softmax_step(&m, &l, x[j]);
-    shm[threadIdx.x] = m;
-    shl[threadIdx.x] = l;
-    __syncthreads();
-    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            float mm = shm[threadIdx.x], ll = shl[threadIdx.x];
-            upc_softmax_merge(&mm, &ll, shm[threadIdx.x + s], shl[threadIdx.x + s]);
-            shm[threadIdx.x] = mm;
-            shl[threadIdx.x] = ll;
-        }
-        __syncthreads();
-    }
-    float lse = shm[0] + logf(shl[0]);
-    __syncthreads();
-    return lse;
-}
-
 static __global__ void __launch_bounds__(CE_THREADS)
 ce_fwd_kernel(const float *logits, const int32_t *targets, float *loss, float *lse, int V, int *err)
 {
     size_t r = blockIdx.x;
     const float *x = logits + r * V;
-    float l = row_logsumexp(x, V);
+    float l = block_logsumexp<CE_THREADS>(x, V);
     if (threadIdx.x == 0) {
         int t = targets[r];
         if (t < -1 || t >= V) {
@@ -67,7 +43,7 @@ ce_bwd_kernel(const float *logits, const int32_t *targets, const float *lse, flo
         return;
     }
     /* in place (dx == x): the whole row is read before any write */
-    float l = lse ? lse[r] : row_logsumexp(x, V);
+    float l = lse ? lse[r] : block_logsumexp<CE_THREADS>(x, V);
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
         float g = expf(x[j] - l) * scale;
         if (j == t)

@@ -155,6 +155,8 @@ static void fill_table(upc_kernels *t)
     t->rope_bwd = cu_rope_bwd;
     t->attention_fwd = cu_attention_fwd;
     t->attention_bwd = cu_attention_bwd;
+    t->attn_softmax_fwd = cu_attn_softmax_fwd;
+    t->attn_softmax_bwd = cu_attn_softmax_bwd;
     t->kv_cache_write = cu_kv_cache_write;
     t->paged_attention = cu_paged_attention;
     t->swiglu_fwd = cu_swiglu_fwd;

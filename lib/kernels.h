@@ -143,6 +143,14 @@ struct upc_kernels {
                           const float *v, const float *out, const float *lse,
                           const float *dout, float *dq, float *dk, float *dv,
                           int B, int T, int Hq, int Hkv, int hd);
+    /* The causal softmax of score matrices, for attention through GEMMs
+     * (lib/attention_gemm.h). S [n][T][T]: matrix r, query row i.
+     * attn_softmax_fwd, in place: S[r][i][j] = exp(S[r][i][j] - lse[r][i])
+     * for j <= i and 0 for j > i, lse[r][i] = logsumexp over j <= i.
+     * attn_softmax_bwd, dP in place: dS = scale * P (dP - sum_j P dP) per
+     * row (0 above the diagonal). */
+    void (*attn_softmax_fwd)(const upc_kernels *K, float *S, float *lse, int n, int T);
+    void (*attn_softmax_bwd)(const upc_kernels *K, const float *P, float *dP, int n, int T, float scale);
 
     /* ---- paged KV cache (inference) ----------------------------------------
      * The cache is a pool of slots, [n_slots][Hkv][hd] for keys and for

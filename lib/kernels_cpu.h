@@ -93,6 +93,8 @@ void cpu_attention_bwd(const upc_kernels *K, const float *q, const float *k,
                        const float *v, const float *out, const float *lse,
                        const float *dout, float *dq, float *dk, float *dv,
                        int B, int T, int Hq, int Hkv, int hd);
+void cpu_attn_softmax_fwd(const upc_kernels *K, float *S, float *lse, int n, int T);
+void cpu_attn_softmax_bwd(const upc_kernels *K, const float *P, float *dP, int n, int T, float scale);
 
 /* kernels_cpu_loss.c */
 void cpu_cross_entropy_fwd(const upc_kernels *K, const float *logits,

@@ -134,3 +134,36 @@ void cpu_attention_bwd(const upc_kernels *K, const float *q, const float *k,
     free(dS);
     free(P);
 }
+
+/* ---- score-matrix rows (attention through GEMMs) ---------------------------- */
+
+void cpu_attn_softmax_fwd(const upc_kernels *K, float *S, float *lse, int n, int T)
+{
+    CPU_REQUIRE(n >= 0 && T >= 0, "attn_softmax_fwd", "negative size");
+    size_t rows = (size_t)n * T;
+#pragma omp parallel for schedule(static) if (rows * T >= CPU_PARALLEL_MIN)
+    for (size_t r = 0; r < rows; r++) {
+        int i = (int)(r % (size_t)T);
+        float *x = S + r * T;
+        lse[r] = upc_softmax_row(x, x, i + 1);
+        memset(x + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
+    }
+}
+
+void cpu_attn_softmax_bwd(const upc_kernels *K, const float *P, float *dP, int n, int T, float scale)
+{
+    CPU_REQUIRE(n >= 0 && T >= 0, "attn_softmax_bwd", "negative size");
+    size_t rows = (size_t)n * T;
+#pragma omp parallel for schedule(static) if (rows * T >= CPU_PARALLEL_MIN)
+    for (size_t r = 0; r < rows; r++) {
+        int i = (int)(r % (size_t)T);
+        const float *p = P + r * T;
+        float *g = dP + r * T;
+        double dot = 0.0;
+        for (int j = 0; j <= i; j++)
+            dot += (double)p[j] * g[j];
+        for (int j = 0; j <= i; j++)
+            g[j] = scale * upc_softmax_bwd_elem(p[j], g[j], (float)dot);
+        memset(g + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
+    }
+}

@@ -120,6 +120,7 @@ model *model_create(const upc_kernels *K, const model_config *cfg)
     m->L = as_int(c->num_hidden_layers, "num_hidden_layers");
     m->capacity_factor = c->moe ? c->capacity_factor : 0.0;
     m->jitter = c->moe ? (float)c->router_jitter_noise : 0.0f;
+    m->attention_gemm = strcmp(K->precision, "bf16") == 0;
     m->V = as_int(c->vocab_size, "vocab_size");
     m->d = as_int(c->hidden_size, "hidden_size");
     m->Hq = as_int(c->num_attention_heads, "num_attention_heads");

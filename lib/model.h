@@ -108,6 +108,10 @@ typedef struct model {
      * host int32 (0 for dense blocks; NULL without MoE layers). */
     int32_t *dropped_counts;
     double capacity_factor;       /* 0: dropless */
+    /* Training attention through GEMMs (attention_gemm.h) instead of the
+     * fused attention kernels: on for bf16 tables, whose GEMMs run on
+     * tensor cores; tests may set it before the first forward. */
+    bool attention_gemm;
     float jitter;                 /* router_jitter_noise (0: none) */
     bool jitter_armed;            /* model_jitter_next: the next training forward jitters */
     uint64_t jitter_key;

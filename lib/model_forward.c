@@ -1,5 +1,6 @@
 /* model_forward.c: the workspace (saved activations, sized once per batch
  * shape), forward with losses, and backward, all through upc_kernels. */
+#include "attention_gemm.h"
 #include "model.h"
 #include "model_internal.h"
 #include "util.h"
@@ -88,6 +89,9 @@ static void plan_workspace(const model *m, model_workspace *w, carver *c)
     w->df1 = CARVE_F(c, rows_ffn * F);
     w->df2 = CARVE_F(c, rows_ffn * F);
     w->df3 = CARVE_F(c, rows_ffn * F);
+    w->att_gemm = m->attention_gemm;
+    if (m->attention_gemm)
+        w->att_scratch = CARVE_F(c, attention_gemm_scratch_floats(w->B, w->T, m->Hq));
     if (m->n_moe_layers) {
         w->dxs = CARVE_F(c, Nk * d);
         w->dys = CARVE_F(c, Nk * d);
@@ -113,7 +117,7 @@ void model_reserve(model *m, int B, int T)
 {
     if (B <= 0 || T <= 0)
         upc_fail(EX_SOFTWARE, "model: batch shape %d x %d", B, T);
-    if (m->ws && m->ws->B == B && m->ws->T == T)
+    if (m->ws && m->ws->B == B && m->ws->T == T && m->ws->att_gemm == m->attention_gemm)
         return;
     model_release_workspace(m);
     model_workspace *w = upc_calloc(1, sizeof *w);
@@ -166,7 +170,10 @@ static void attention_forward(model *m, int l, const float *x_in)
     K->gemm(K, 0, 1, N, kvd, d, 1.0f, y->h1, d, P(m, ly->wv), d, 0.0f, y->v, kvd);
     K->rope_fwd(K, y->q, y->q, w->B, w->T, m->Hq, m->hd, 0, NULL, m->theta);
     K->rope_fwd(K, y->k, y->k, w->B, w->T, m->Hkv, m->hd, 0, NULL, m->theta);
-    K->attention_fwd(K, y->q, y->k, y->v, y->att, y->lse, w->B, w->T, m->Hq, m->Hkv, m->hd);
+    if (w->att_gemm)
+        attention_gemm_fwd(K, y->q, y->k, y->v, y->att, y->lse, w->att_scratch, w->B, w->T, m->Hq, m->Hkv, m->hd);
+    else
+        K->attention_fwd(K, y->q, y->k, y->v, y->att, y->lse, w->B, w->T, m->Hq, m->Hkv, m->hd);
     K->copy(K, y->x_mid, x_in, (size_t)N * d * sizeof(float));
     K->gemm(K, 0, 1, N, d, qd, 1.0f, y->att, qd, P(m, ly->wo), qd, 1.0f, y->x_mid, d);
 }
@@ -317,8 +324,12 @@ static void block_backward(model *m, int l, float aux_scale, float z_scale)
 
     K->gemm(K, 0, 0, N, qd, d, 1.0f, w->dres, d, P(m, ly->wo), qd, 0.0f, w->datt, qd);
     K->gemm(K, 1, 0, d, qd, N, 1.0f, w->dres, d, y->att, qd, 1.0f, G(m, ly->wo), qd);
-    K->attention_bwd(K, y->q, y->k, y->v, y->att, y->lse, w->datt, w->dq, w->dk, w->dv,
-                     w->B, w->T, m->Hq, m->Hkv, m->hd);
+    if (w->att_gemm)
+        attention_gemm_bwd(K, y->q, y->k, y->v, w->datt, w->dq, w->dk, w->dv, w->att_scratch, w->B, w->T, m->Hq,
+                           m->Hkv, m->hd);
+    else
+        K->attention_bwd(K, y->q, y->k, y->v, y->att, y->lse, w->datt, w->dq, w->dk, w->dv, w->B, w->T, m->Hq,
+                         m->Hkv, m->hd);
     K->rope_bwd(K, w->dq, w->dq, w->B, w->T, m->Hq, m->hd, 0, NULL, m->theta);
     K->rope_bwd(K, w->dk, w->dk, w->B, w->T, m->Hkv, m->hd, 0, NULL, m->theta);
     K->gemm(K, 0, 0, N, d, qd, 1.0f, w->dq, qd, P(m, ly->wq), d, 0.0f, w->dh, d);

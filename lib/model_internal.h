@@ -28,6 +28,8 @@ struct model_workspace {
     float *rstd_f, *hf, *logits, *lse_ce, *loss_rows, *scalars;
     /* backward scratch */
     float *dres, *dtmp, *dh, *dq, *dk, *dv, *datt, *df1, *df2, *df3, *dxs, *dys, *dtopk_w, *drouter;
+    float *att_scratch;                          /* model->attention_gemm: score matrices */
+    bool att_gemm;                               /* the workspace was planned with them */
     bool ready;                                  /* a forward with targets awaits its backward */
     bool jittered;                               /* that forward jittered its MoE inputs (with jitter_key) */
     uint64_t jitter_key;

@@ -73,7 +73,7 @@ run_gpu() {
     assert_output_contains "test_gpu_kernels: cuda: embedding_fwd: token id out of range"
 }
 
-@test "CUDA: a training step (dense, MoE 8x2, MoE with capacity) matches the CPU: loss and gradients" {
+@test "CUDA: a training step (dense, MoE 8x2, MoE with capacity and jitter, MoE on bf16 GEMMs) matches the CPU: loss and gradients" {
     require_unit test_gpu_model
     run_gpu "$UPCYC_UNIT/test_gpu_model" step "$CONFIG"
     echo "$output"
@@ -81,7 +81,7 @@ run_gpu() {
     assert_output_contains "test_gpu_model step: all"
 }
 
-@test "CUDA: 50 training steps track the CPU's loss curve (dense and MoE)" {
+@test "CUDA: 50 training steps track the CPU's loss curve (dense, MoE, MoE on bf16 GEMMs)" {
     require_unit test_gpu_model
     run_gpu "$UPCYC_UNIT/test_gpu_model" train "$CONFIG"
     echo "$output"

@@ -14,6 +14,7 @@
  *                               EX_SOFTWARE naming embedding_fwd
  *   test_gpu_kernels --cpu      the CPU against itself (runs anywhere):
  *                               checks the harness, every error must be 0 */
+#include "attention_gemm.h"
 #include "backend.h"
 #include "kernels.h"
 #include "test_harness.h"
@@ -341,6 +342,47 @@ static void test_jitter(void)
 
 /* ---- attention -------------------------------------------------------------------- */
 
+/* the score-row kernels, and attention through GEMMs on the fp32 and bf16
+ * tables (bf16: the same rounded operands on both sides, but a P that
+ * differs in its last bits can round to another bf16 value) */
+static void test_attention_gemm(int B, int T, int Hq, int Hkv, int hd)
+{
+    int n = B * Hq;
+    size_t nn = (size_t)n * T * T;
+    char shape[96];
+    snprintf(shape, sizeof shape, "n=%d T=%d", n, T);
+    twin S = tw_rand(nn, -6, 6), lse = tw_fill((size_t)n * T, NAN), dP = tw_rand(nn, -1, 1);
+    BOTH KK->attn_softmax_fwd(KK, P(S), P(lse), n, T);
+    compare("attn_softmax_fwd", shape, S, 1e-6, 1e-5);
+    compare("attn_softmax_fwd lse", shape, lse, 1e-5, 1e-5);
+    BOTH KK->attn_softmax_bwd(KK, P(S), P(dP), n, T, 0.125f);
+    compare("attn_softmax_bwd", shape, dP, 1e-6, 1e-5);
+    tw_free(S), tw_free(lse), tw_free(dP);
+
+    size_t nq = (size_t)B * T * Hq * hd, nk = (size_t)B * T * Hkv * hd;
+    twin q = tw_rand(nq, -2, 2), k = tw_rand(nk, -2, 2), v = tw_rand(nk, -1, 1), dout = tw_rand(nq, -1, 1);
+    twin scratch = tw_fill(attention_gemm_scratch_floats(B, T, Hq), 0.0f);
+    const upc_kernels *fp32[2] = {C, G};
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        C = upc_backend_precision(fp32[0], bf16 ? "bf16" : "fp32");
+        G = upc_backend_precision(fp32[1], bf16 ? "bf16" : "fp32");
+        double atol = bf16 ? 2e-3 : 1e-5, rtol = bf16 ? 1e-2 : 1e-4;
+        twin out = tw_fill(nq, NAN), l = tw_fill((size_t)n * T, NAN);
+        twin dq = tw_fill(nq, NAN), dk = tw_fill(nk, NAN), dv = tw_fill(nk, NAN);
+        BOTH attention_gemm_fwd(KK, P(q), P(k), P(v), P(out), P(l), P(scratch), B, T, Hq, Hkv, hd);
+        snprintf(shape, sizeof shape, "B=%d T=%d Hq=%d Hkv=%d hd=%d", B, T, Hq, Hkv, hd);
+        compare(kname("attention_gemm_fwd out"), shape, out, atol, rtol);
+        compare(kname("attention_gemm_fwd lse"), shape, l, atol, rtol);
+        BOTH attention_gemm_bwd(KK, P(q), P(k), P(v), P(dout), P(dq), P(dk), P(dv), P(scratch), B, T, Hq, Hkv, hd);
+        compare(kname("attention_gemm_bwd dq"), shape, dq, 2 * atol, rtol);
+        compare(kname("attention_gemm_bwd dk"), shape, dk, 2 * atol, rtol);
+        compare(kname("attention_gemm_bwd dv"), shape, dv, 2 * atol, rtol);
+        tw_free(out), tw_free(l), tw_free(dq), tw_free(dk), tw_free(dv);
+    }
+    C = fp32[0], G = fp32[1];
+    tw_free(q), tw_free(k), tw_free(v), tw_free(dout), tw_free(scratch);
+}
+
 static void test_attention(int B, int T, int Hq, int Hkv, int hd)
 {
     size_t nq = (size_t)B * T * Hq * hd, nk = (size_t)B * T * Hkv * hd;
@@ -614,6 +656,8 @@ int main(int argc, char **argv)
     test_rope();
     test_swiglu();
     test_jitter();
+    test_attention_gemm(2, 37, 4, 2, 16);
+    test_attention_gemm(1, 300, 8, 2, 64);
     test_attention(2, 37, 4, 2, 16);
     test_attention(1, 70, 6, 2, 72);
     test_attention(1, 129, 8, 2, 64);

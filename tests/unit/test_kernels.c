@@ -2,6 +2,7 @@
  * RMSNorm, RoPE, attention, SwiGLU, cross-entropy, optimizers, reductions)
  * against naive double-precision loops, backwards against central
  * differences, and determinism. Exits non-zero naming each failed check. */
+#include "attention_gemm.h"
 #include "kernels.h"
 #include "kernels_math.h"
 #include "safetensors.h"
@@ -392,8 +393,61 @@ static void test_attention_shape(int B, int T, int Hq, int Hkv, int hd)
     K->free(K, dr), K->free(K, gq), K->free(K, gk), K->free(K, gv);
 }
 
+/* Attention through GEMMs (attention_gemm.h): on the fp32 table it is the
+ * fused kernels' attention up to rounding (forward against the naive
+ * reference, backward against attention_bwd, itself checked by finite
+ * differences above); on the bf16 table, within bf16's rounding of them. */
+static void test_attention_gemm_shape(int B, int T, int Hq, int Hkv, int hd)
+{
+    size_t nq = (size_t)B * T * Hq * hd, nk = (size_t)B * T * Hkv * hd, nl = (size_t)B * Hq * T;
+    float *q = host_rand(nq, -1.5, 1.5), *k = host_rand(nk, -1.5, 1.5), *v = host_rand(nk, -1, 1);
+    float *r = host_rand(nq, -1, 1);
+    float *dq = dev_from(q, nq), *dk = dev_from(k, nk), *dv = dev_from(v, nk), *dr = dev_from(r, nq);
+    double *ref = upc_malloc(nq * sizeof(double)), *lref = upc_malloc(nl * sizeof(double));
+    attn_ref(q, k, v, ref, lref, B, T, Hq, Hkv, hd);
+    /* the fused backward, the reference for the gradients */
+    float *out = dev_zeros(nq), *lse = dev_zeros(nl);
+    float *gq = dev_zeros(nq), *gk = dev_zeros(nk), *gv = dev_zeros(nk);
+    K->attention_fwd(K, dq, dk, dv, out, lse, B, T, Hq, Hkv, hd);
+    K->attention_bwd(K, dq, dk, dv, out, lse, dr, gq, gk, gv, B, T, Hq, Hkv, hd);
+    double *rq = upc_malloc(nq * sizeof(double)), *rk = upc_malloc(nk * sizeof(double)), *rv = upc_malloc(nk * sizeof(double));
+    for (size_t i = 0; i < nq; i++)
+        rq[i] = gq[i];
+    for (size_t i = 0; i < nk; i++)
+        rk[i] = gk[i], rv[i] = gv[i];
+    float *scratch = dev_zeros(attention_gemm_scratch_floats(B, T, Hq));
+    const upc_kernels *tables[2] = {kernels_cpu(), kernels_cpu_bf16()};
+    for (int t = 0; t < 2; t++) {
+        const upc_kernels *A = tables[t];
+        /* fp32: rounding only; bf16: operands rounded to 8 bits (2^-8 relative) */
+        double atol = t ? 1e-2 : 1e-5, rtol = t ? 1e-2 : 1e-4;
+        float *o2 = dev_rand(nq, 5, 6), *l2 = dev_rand(nl, 5, 6);
+        float *q2 = dev_rand(nq, 5, 6), *k2 = dev_rand(nk, 5, 6), *v2 = dev_rand(nk, 5, 6);
+        attention_gemm_fwd(A, dq, dk, dv, o2, l2, scratch, B, T, Hq, Hkv, hd);
+        attention_gemm_bwd(A, dq, dk, dv, dr, q2, k2, v2, scratch, B, T, Hq, Hkv, hd);
+        char what[112];
+        snprintf(what, sizeof what, "attention_gemm %s out B=%d T=%d Hq=%d Hkv=%d hd=%d", A->precision, B, T, Hq, Hkv, hd);
+        expect_close(what, o2, ref, nq, atol, rtol);
+        snprintf(what, sizeof what, "attention_gemm %s lse", A->precision);
+        expect_close(what, l2, lref, nl, atol, rtol);
+        snprintf(what, sizeof what, "attention_gemm %s dq (vs attention_bwd)", A->precision);
+        expect_close(what, q2, rq, nq, 3 * atol, 3 * rtol);
+        snprintf(what, sizeof what, "attention_gemm %s dk (vs attention_bwd)", A->precision);
+        expect_close(what, k2, rk, nk, 3 * atol, 3 * rtol);
+        snprintf(what, sizeof what, "attention_gemm %s dv (vs attention_bwd)", A->precision);
+        expect_close(what, v2, rv, nk, 3 * atol, 3 * rtol);
+        K->free(K, o2), K->free(K, l2), K->free(K, q2), K->free(K, k2), K->free(K, v2);
+    }
+    free(q), free(k), free(v), free(r), free(ref), free(lref), free(rq), free(rk), free(rv);
+    K->free(K, dq), K->free(K, dk), K->free(K, dv), K->free(K, dr), K->free(K, out), K->free(K, lse);
+    K->free(K, gq), K->free(K, gk), K->free(K, gv), K->free(K, scratch);
+}
+
 static void test_attention(void)
 {
+    test_attention_gemm_shape(2, 7, 4, 2, 8);   /* GQA */
+    test_attention_gemm_shape(1, 9, 3, 3, 6);   /* MHA */
+    test_attention_gemm_shape(2, 33, 6, 2, 16); /* groups of 3 */
     test_attention_shape(2, 7, 4, 2, 8);  /* GQA */
     test_attention_shape(1, 9, 3, 3, 6);  /* MHA */
     test_attention_shape(2, 5, 4, 1, 4);  /* MQA */
