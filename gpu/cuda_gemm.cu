@@ -204,6 +204,14 @@ enum grouped_kind {
 static void grouped(const upc_kernels *K, const char *kernel, enum grouped_kind kind, bool bf16, int E,
                     const int32_t *offs, int n, int k, const float *a, const float *b, float beta, float *out)
 {
+    /* bf16: one launch that reads the offsets on the device (cuda_grouped.cu) */
+    if (bf16 && n > 0 && k > 0 && cuda_grouped_on_device()) {
+        if (kind == GROUPED_DW)
+            cuda_grouped_dw_bf16(K, kernel, E, offs, n, k, a, b, beta, out);
+        else
+            cuda_grouped_rows_bf16(K, kernel, kind == GROUPED_DX, E, offs, n, k, a, b, beta, out);
+        return;
+    }
     const int32_t *o = host_offsets(K, kernel, E, offs, n, k);
     int total = o[E], kn = k > 0 ? k : 1, nn = n > 0 ? n : 1;
     const __nv_bfloat16 *a16 = NULL, *b16 = NULL;

@@ -37,6 +37,7 @@ enum cuda_err_code {
     CUDA_ERR_KV_SLOT,
     CUDA_ERR_PAGED_POS,
     CUDA_ERR_CAPACITY_IDX,
+    CUDA_ERR_GROUP_OFFS,
     CUDA_ERR_COUNT
 };
 
@@ -191,6 +192,13 @@ void cu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n,
                         const float *dY, const float *W, float beta, float *dX);
 void cu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
                         const float *dY, const float *X, float beta, float *dW);
+/* cuda_grouped.cu: the bf16 grouped GEMMs on the device (offsets read there;
+ * n, k > 0), unless UPC_GROUPED=cublas (cuda_grouped_on_device) */
+bool cuda_grouped_on_device(void);
+void cuda_grouped_rows_bf16(const upc_kernels *K, const char *kernel, int dx, int E, const int32_t *offs, int n,
+                            int k, const float *A, const float *W, float beta, float *C);
+void cuda_grouped_dw_bf16(const upc_kernels *K, const char *kernel, int E, const int32_t *offs, int n, int k,
+                          const float *dY, const float *X, float beta, float *dW);
 /* the bf16 table's: operands rounded to bf16 (upc_round_bf16), cublasGemmEx
  * with fp32 accumulation and output */
 void cu_gemm_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,

@@ -23,6 +23,7 @@ static const char *const err_text[CUDA_ERR_COUNT] = {
     "kv_cache_write: negative slot",
     "paged_attention: position past the block table",
     "moe_capacity_drop: expert index out of range",
+    "grouped_gemm: group offsets do not start at 0 or decrease",
 };
 
 void cuda_after_launch(const upc_kernels *K, const char *kernel)

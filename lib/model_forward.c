@@ -226,6 +226,8 @@ void model_forward(model *m, const int32_t *ids, const int32_t *targets, int B, 
     }
     K->rmsnorm_fwd(K, w->x[m->L], P(m, m->final_norm), w->hf, w->rstd_f, (int)N, d, m->eps);
     K->gemm(K, 0, 1, (int)N, m->V, d, 1.0f, w->hf, d, P(m, m->lm_head), d, 0.0f, w->logits, m->V);
+    if (m->n_moe_layers)   /* after every kernel is queued: the one wait comes last */
+        model_moe_download_counts(m);
     if (!targets) {
         if (loss)
             memset(loss, 0, sizeof *loss);

@@ -43,6 +43,8 @@ void model_release_workspace(model *m);
  * turns dres (d loss / d x_out) into ws->dh (d loss / d h2). */
 void model_moe_forward(model *m, int l, const float *x_mid, float *x_out);
 void model_moe_backward(model *m, int l, const float *dres, float aux_scale, float z_scale);
+/* m->expert_counts and dropped_counts of the last forward, from the device. */
+void model_moe_download_counts(model *m);
 /* Unweighted lb (HF Mixtral scale) and z losses of block l's router. */
 void model_moe_aux_losses(model *m, int l, double *lb, double *z);
 

@@ -44,12 +44,10 @@ void model_moe_forward(model *m, int l, const float *x_mid, float *x_out)
     K->gemm(K, 0, 1, N, E, d, 1.0f, y->h2, d, P(m, ly->router), d, 0.0f, y->router_logits, E);
     K->router_fwd(K, y->router_logits, y->probs, y->topk_idx, y->topk_w, N, E, kk, m->renorm);
     K->moe_dispatch(K, y->topk_idx, N, kk, E, y->counts, y->offs, y->perm, y->pos);
-    K->download(K, m->expert_counts + (size_t)l * E, y->counts, (size_t)E * sizeof(int32_t));
     if (m->capacity_factor > 0) {
         K->copy(K, y->kept_w, y->topk_w, (size_t)Nk * sizeof(float));
         K->moe_capacity_drop(K, y->topk_idx, y->pos, y->offs, N, kk, model_expert_capacity(m, N), y->kept_w,
                              y->dropped);
-        K->download(K, m->dropped_counts + l, y->dropped, sizeof(int32_t));
     }
     K->moe_gather(K, y->h2, y->perm, N, kk, d, y->xs);
     K->grouped_gemm_fwd(K, E, y->offs, F, d, y->xs, P(m, ly->w1), 0.0f, y->gate_s);
@@ -58,6 +56,22 @@ void model_moe_forward(model *m, int l, const float *x_mid, float *x_out)
     K->grouped_gemm_fwd(K, E, y->offs, d, F, y->act_s, P(m, ly->w2), 0.0f, y->ys);
     K->copy(K, x_out, x_mid, (size_t)N * d * sizeof(float));
     K->moe_combine(K, y->ys, y->pos, y->kept_w, N, kk, d, 1.0f, x_out);
+}
+
+/* The forward's expert counts and drops of every MoE block to the host, in
+ * one go after the blocks ran: a download waits for the device, and one
+ * per block would stall it once per layer. */
+void model_moe_download_counts(model *m)
+{
+    const upc_kernels *K = m->K;
+    for (int l = 0; l < m->L; l++) {
+        if (!m->layers[l].moe)
+            continue;
+        ws_layer *y = &m->ws->layer[l];
+        K->download(K, m->expert_counts + (size_t)l * m->E, y->counts, (size_t)m->E * sizeof(int32_t));
+        if (m->capacity_factor > 0)
+            K->download(K, m->dropped_counts + l, y->dropped, sizeof(int32_t));
+    }
 }
 
 /* lb with alpha = kk: kernels.h's Switch f_i is count_i/(N*kk); HF Mixtral
