@@ -13,6 +13,8 @@
 #   OUT/figures/latency      median TPOT against output throughput
 #   OUT/figures/loss         training loss against tokens: pretraining, then the largest budget
 set -eu
+# shellcheck source=pipelines/report_lib.sh
+. "$(dirname "$0")/report_lib.sh"
 OUT=${1:?usage: report.sh OUT}
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/bin}
 PATH="$BIN:$PATH"
@@ -96,11 +98,6 @@ for mpk in "$OUT"/runs/*.mpk; do
 done > "$T/loss.tsv"
 
 # figures: PNG and SVG of each
-plot() { # NAME GNUPLOT-BODY
-    for term in "pngcairo size 800,520:png" "svg size 800,520:svg"; do
-        gnuplot -e "set terminal ${term%%:*}; set output '$F/$1.${term##*:}'; set datafile separator '\t'; set key top left; set grid; $2"
-    done
-}
 plot improvement "set title 'Relative improvement over the dense model (held-out CE)'; set xlabel 'additional training, % of pretraining tokens (equal FLOPs per budget)'; set ylabel 'improvement (%)'; plot '$T/pairs.tsv' using 1:6 skip 1 with linespoints lw 2 title 'continued pretraining', '' using 1:7 skip 1 with linespoints lw 2 title 'upcycled'"
 plot ce "set title 'Final held-out cross-entropy at equal training FLOPs'; set xlabel 'budget, % of pretraining tokens'; set ylabel 'cross-entropy (nats/token)'; plot '$T/pairs.tsv' using 1:4 skip 1 with linespoints lw 2 title 'continued pretraining', '' using 1:5 skip 1 with linespoints lw 2 title 'upcycled'"
 models=$(cut -f1 "$T/serve_points.tsv" | tail -n +2 | sort -u)
@@ -120,11 +117,6 @@ done
 plot loss "$curves"
 
 # Markdown tables
-md() { # TSV: a Markdown table, numbers to 4 significant digits
-    awk -F'\t' 'function f(x) { return (x ~ /^-?[0-9.]+(e[-+]?[0-9]+)?$/ && x !~ /^[0-9]+$/) ? sprintf("%.4g", x) : x }
-        { line = "|"; for (i = 1; i <= NF; i++) line = line " " f($i) " |"; print line
-          if (NR == 1) { line = "|"; for (i = 1; i <= NF; i++) line = line " --- |"; print line } }' "$1"
-}
 {
     echo "# Continue pretraining or upcycle? ($(basename "$OUT"))"
     echo

@@ -10,6 +10,8 @@
 #                              training, a line per duration and kind
 #   OUT/figures/advantage      upcycled minus CPT held-out loss per budget
 set -eu
+# shellcheck source=pipelines/report_lib.sh
+. "$(dirname "$0")/report_lib.sh"
 OUT=${1:?usage: report_durations.sh OUT DURATION...}
 shift
 [ $# -gt 0 ] || { echo "usage: report_durations.sh OUT DURATION..." >&2; exit 64; }
@@ -33,11 +35,6 @@ mv "$T/durations.tsv.tmp" "$T/durations.tsv"
 mv "$T/serving.tsv.tmp" "$T/serving.tsv"
 
 # figures: PNG and SVG of each, a line per duration (and kind)
-plot() { # NAME GNUPLOT-BODY
-    for term in "pngcairo size 800,520:png" "svg size 800,520:svg"; do
-        gnuplot -e "set terminal ${term%%:*}; set output '$F/$1.${term##*:}'; set datafile separator '\t'; set key top left; set grid; $2"
-    done
-}
 improvement="set title 'Relative improvement over each dense model (held-out CE)'; set xlabel 'additional training, % of pretraining tokens (equal FLOPs per budget)'; set ylabel 'improvement (%)'; plot"
 advantage="set title 'Upcycled minus CPT held-out loss at equal FLOPs (below 0: upcycling wins)'; set xlabel 'budget, % of pretraining tokens'; set ylabel 'loss difference (nats/token)'; plot"
 sep=""
@@ -52,11 +49,6 @@ done
 plot improvement "$improvement"
 plot advantage "$advantage"
 
-md() { # TSV: a Markdown table, numbers to 4 significant digits
-    awk -F'\t' 'function f(x) { return (x ~ /^-?[0-9.]+(e[-+]?[0-9]+)?$/ && x !~ /^[0-9]+$/) ? sprintf("%.4g", x) : x }
-        { line = "|"; for (i = 1; i <= NF; i++) line = line " " f($i) " |"; print line
-          if (NR == 1) { line = "|"; for (i = 1; i <= NF; i++) line = line " --- |"; print line } }' "$1"
-}
 {
     echo "# Continue pretraining or upcycle, by pretraining duration ($(basename "$OUT"))"
     echo
