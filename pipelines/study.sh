@@ -129,6 +129,7 @@ OUT=$(cd "$OUT" && pwd)
 verify() {
     case $1 in
     tokenizer) [ -s "$OUT/tokenizer.json" ] ;;
+    config) jq -e .vocab_size "$OUT/config.json" ;;
     shards-pretrain) shard verify "$OUT/shards-pre" ;;
     shards-cpt) shard verify "$OUT/shards-cpt" ;;
     dense | cpt-* | upcycled-* | sweep-*) [ -s "$OUT/runs/$1/config.json" ] &&
@@ -223,6 +224,12 @@ upcycle_to() { # K UPCYCLE-OPTIONS...
     shift
     upcycle "$@" --top-k "$k" --force "$OUT/runs/dense" "$OUT/runs/moe0-top$k" > "$OUT/runs/moe0-top$k.upcycle.mpk"
 }
+model_config() { # CONFIG: it, with a vocabulary that holds every token id of the
+    # tokenizer (grown to a multiple of 64 when it does not), as OUT/config.json
+    n=$(jq '[.model.vocab[]] + [.added_tokens[]?.id] | max + 1' "$OUT/tokenizer.json")
+    jq --argjson n "$n" 'if .vocab_size < $n then .vocab_size = ((($n + 63) / 64 | floor) * 64) else . end' \
+        "$1" > "$OUT/config.json"
+}
 link_dense() { # DIR: a model pretrained elsewhere; it has no train records (an empty stream)
     rm -rf "$OUT/runs/dense" && ln -s "$1" "$OUT/runs/dense" && : > "$OUT/runs/dense.mpk"
 }
@@ -255,12 +262,13 @@ else
     step shards-cpt make_shards cpt "$SPLIT" $CPT_CORPUS
 fi
 step shards-verify sh -c "shard verify '$OUT/shards-pre' && shard verify '$OUT/shards-cpt'"
+[ -n "${DENSE:-}" ] || step config model_config "$CONFIG"
 
 # Several pretraining durations: each is a whole study of its own in
 # OUT/tpp-D (this script again), its dense model trained for D tokens per
 # parameter; then the report that compares them.
 if [ -n "${DURATIONS:-}" ] && [ -z "${STUDY_SHARED:-}" ]; then
-    params=$(config_params "$CONFIG") || { echo "study: $CONFIG: cannot read the model's shape" >&2; exit 65; }
+    params=$(config_params "$OUT/config.json") || { echo "study: $CONFIG: cannot read the model's shape" >&2; exit 65; }
     for d in $DURATIONS; do
         steps=$(awk -v d="$d" -v p="$params" -v t=$((BATCH * SEQ)) 'BEGIN { s = int(d * p / t + 0.5); print s < 1 ? 1 : s }')
         echo "study: === pretraining for $d tokens per parameter ($steps steps of $BATCH x $SEQ, $params parameters): $OUT/tpp-$d" >&2
@@ -277,7 +285,7 @@ mkdir -p "$OUT/runs" "$OUT/eval" "$OUT/serve"
 if [ -n "${DENSE:-}" ]; then
     step dense link_dense "$(cd "$DENSE" && pwd)"
 else
-    step dense train_run dense --init "$CONFIG" --tokenizer "$OUT/tokenizer.json" --data "$OUT/shards-pre/train" \
+    step dense train_run dense --init "$OUT/config.json" --tokenizer "$OUT/tokenizer.json" --data "$OUT/shards-pre/train" \
         --val "$OUT/shards-pre/val" --batch "$BATCH" --seq-len "$SEQ" --steps "$DENSE_STEPS" \
         --lr "$LR_DENSE" --warmup $((DENSE_STEPS / 10 + 1))
 fi

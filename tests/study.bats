@@ -67,7 +67,7 @@ require_gnuplot() {
     cp "$S/report.md" "$TMP/before.md"
     run env SCALE=micro OUT="$S" BIN="$UPCYC_BIN" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
     assert_status 0
-    [ "$(printf '%s\n' "$output" | grep -c 'done (skipped)')" -eq 16 ]
+    [ "$(printf '%s\n' "$output" | grep -c 'done (skipped)')" -eq 17 ]
     cmp "$TMP/before.md" "$S/report.md"
 }
 
@@ -89,6 +89,16 @@ require_gnuplot() {
         printf '%s %s\n' "$lr" "$(records json "$TMP/s2/runs/sweep-cpt-$lr.mpk" | jq -s 'map(select(.event == "eval")) | last | .loss')"
     done | sort -k2,2g | head -1 | cut -d' ' -f1)
     assert_output_contains "learning-rate sweep (1e-4 3e-3) at 50%: CPT $best"
+}
+
+@test "study: a tokenizer larger than the config's vocabulary grows the model's (SCALE=small's 16384 over tiny.json's 8192)" {
+    require_gnuplot
+    run env SCALE=micro OUT="$TMP/v" BIN="$UPCYC_BIN" VOCAB=9000 DENSE_STEPS=2 FRACTIONS=50 RATES=inf \
+        "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+    assert_status 0
+    [ "$(jq .vocab_size "$BATS_TEST_DIRNAME/../configs/tiny.json")" = 8192 ]
+    [ "$(jq .vocab_size "$TMP/v/config.json")" = 9024 ]    # 9000 ids, to a multiple of 64
+    [ "$(jq .vocab_size "$TMP/v/runs/dense/config.json")" = 9024 ]
 }
 
 @test "study: a failed step stops the pipeline, naming the step and its log" {
@@ -200,7 +210,7 @@ require_gnuplot() {
     cp -r "$S" "$TMP/moved"
     run env SCALE=micro OUT="$TMP/moved" BIN="$UPCYC_BIN" LR_CPT=1e-3 "$BATS_TEST_DIRNAME/../pipelines/study.sh"
     assert_status 0
-    for s in tokenizer shards-pretrain shards-cpt shards-verify dense upcycle-top2 upcycle-top1; do
+    for s in tokenizer shards-pretrain shards-cpt shards-verify config dense upcycle-top2 upcycle-top1; do
         printf '%s\n' "$output" | grep -q "^study: $s  *done (skipped)$" || { echo "$s was not skipped: $output" >&2; return 1; }
     done
     assert_output_contains "cpt-50                       settings changed: running it again"
