@@ -42,6 +42,9 @@
 #                            reads: tokenizer.json, tiktoken ranks, GPT-2 files)
 #                            instead of training one
 #   DEVICE=cpu|cuda|auto     the backend of train, evaluate and serve-bench
+#   PRECISION=fp32|bf16      train's GEMM precision (default fp32; paper: bf16)
+#   MICRO_BATCH=M            train's --micro-batch (sequences per forward per
+#                            process; default all of a process's share; paper: 4)
 #   LAUNCH="mpirun -np 8"    how train runs (data-parallel processes)
 #   BIN=DIR                  where the tools are (default bin)
 set -eu
@@ -82,7 +85,9 @@ paper) # the paper's models and budgets: GPUs, your corpus, days
     FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8} LR_DENSE=${LR_DENSE:-6e-4}
     EVAL_LIMIT=${EVAL_LIMIT:-1000} EVAL_SEQ=${EVAL_SEQ:-4096} SERVE_SCALE=${SERVE_SCALE:-1}
     SERVE_REQUESTS=${SERVE_REQUESTS:-256} RATES=${RATES:-"2,4,8,16,32,inf"} TRAIN_EVAL_TOKENS=${TRAIN_EVAL_TOKENS:-4194304}
-    KV_MEMORY=${KV_MEMORY:-32G} LR_CPT=${LR_CPT:-5e-5} LR_UP=${LR_UP:-1e-4} ;;
+    KV_MEMORY=${KV_MEMORY:-32G} LR_CPT=${LR_CPT:-5e-5} LR_UP=${LR_UP:-1e-4}
+    # 4 x 4096 tokens per forward: 512 x 4096 at once would not fit a GPU
+    PRECISION=${PRECISION:-bf16} MICRO_BATCH=${MICRO_BATCH:-4} ;;
 small) # CPU hours or one GPU
     CONFIG=${CONFIG:-$root/configs/tiny.json} VOCAB=${VOCAB:-16384} BATCH=${BATCH:-16} SEQ=${SEQ:-512}
     DENSE_STEPS=${DENSE_STEPS:-3000} FRACTIONS=${FRACTIONS:-"10 20 40 80 100"} EXPERTS=${EXPERTS:-8}
@@ -98,6 +103,8 @@ LR_UP=${LR_UP:-6e-4}
 KV_MEMORY=${KV_MEMORY:-256M}
 DEVICE=${DEVICE:-cpu}
 LAUNCH=${LAUNCH:-}
+PRECISION=${PRECISION:-fp32}
+MICRO_BATCH=${MICRO_BATCH:-}
 
 FORTUNES=/usr/share/games/fortunes
 fortune_files() { find "$FORTUNES" -maxdepth 1 -type f ! -name '*.dat' ! -name '*.u8' | sort; }
@@ -210,6 +217,9 @@ train_run() { # NAME TRAIN-OPTIONS...: a run into OUT/runs/NAME, its records bes
     shift
     run_train "$@" --force --out "$OUT/runs/$n" > "$OUT/runs/$n.mpk"
 }
+# the options every training run shares (words without spaces, expanded
+# unquoted into each step's command line)
+TRAIN_SHARED="--batch $BATCH --seq-len $SEQ --precision $PRECISION${MICRO_BATCH:+ --micro-batch $MICRO_BATCH}"
 make_shards() { # NAME SPLIT CORPUS...
     n=$1 split=$2
     shift 2
@@ -237,8 +247,9 @@ continue_step() { # NAME FROM TOKENS LR: a CPT or upcycled run of TOKENS
     steps=$((($3 + BATCH * SEQ / 2) / (BATCH * SEQ)))   # nearest: equal FLOPs within half a step
     [ "$steps" -ge 1 ] || steps=1
     # validation every tenth of the run: the report averages the last three
+    # shellcheck disable=SC2086
     step "$1" train_run "$1" --from "$2" --data "$OUT/shards-cpt/train" --val "$OUT/shards-cpt/val" \
-        --batch "$BATCH" --seq-len "$SEQ" --steps "$steps" --lr "$4" --warmup $((steps / 10 + 1)) \
+        $TRAIN_SHARED --steps "$steps" --lr "$4" --warmup $((steps / 10 + 1)) \
         --eval-every $((steps / 10 > 0 ? steps / 10 : 1)) --eval-tokens "$TRAIN_EVAL_TOKENS"
 }
 
@@ -285,8 +296,9 @@ mkdir -p "$OUT/runs" "$OUT/eval" "$OUT/serve"
 if [ -n "${DENSE:-}" ]; then
     step dense link_dense "$(cd "$DENSE" && pwd)"
 else
+    # shellcheck disable=SC2086
     step dense train_run dense --init "$OUT/config.json" --tokenizer "$OUT/tokenizer.json" --data "$OUT/shards-pre/train" \
-        --val "$OUT/shards-pre/val" --batch "$BATCH" --seq-len "$SEQ" --steps "$DENSE_STEPS" \
+        --val "$OUT/shards-pre/val" $TRAIN_SHARED --steps "$DENSE_STEPS" \
         --lr "$LR_DENSE" --warmup $((DENSE_STEPS / 10 + 1))
 fi
 # the upcycle that trains (top-TOPK), and top-1 for serving
@@ -352,7 +364,7 @@ else
     start="config $(basename "$CONFIG"); vocabulary $VOCAB; dense pretraining $DENSE_STEPS steps, $dense_tokens tokens ($tpp per parameter; lr $LR_DENSE)"
 fi
 cat > "$OUT/settings.txt" <<EOF
-scale $SCALE; device $DEVICE${LAUNCH:+ (train: $LAUNCH)}; $start; batch $BATCH x $SEQ tokens; budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP${LR_SWEEP:+ (best of $LR_SWEEP)}; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
+scale $SCALE; device $DEVICE${LAUNCH:+ (train: $LAUNCH)}; $PRECISION GEMMs; $start; batch $BATCH x $SEQ tokens; budgets $FRACTIONS %; upcycle $EXPERTS experts, top-$TOPK (iso-FLOP multiplier $mult); lr CPT $LR_CPT, upcycled $LR_UP${LR_SWEEP:+ (best of $LR_SWEEP)}; cosine schedule, 10% warmup; serving at lengths / $SERVE_SCALE, rates $RATES
 EOF
 rm -f "$OUT/steps/report"   # the report is always rebuilt from the records
 step report "$here/report.sh" "$OUT"

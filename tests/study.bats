@@ -243,17 +243,18 @@ EOF
     [ ! -e "$TMP/s/shards-pre" ] && [ ! -e "$TMP/s/steps/shards-pretrain" ]
 }
 
-@test "study: LAUNCH runs every training step through mpirun" {
+@test "study: LAUNCH, PRECISION and MICRO_BATCH reach every training step" {
     require_gnuplot
     command -v mpirun > /dev/null || skip "mpirun is not installed (openmpi-bin)"
     run env SCALE=micro OUT="$TMP/m" BIN="$UPCYC_BIN" DENSE_STEPS=4 FRACTIONS=50 RATES=inf \
         OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
         "LSAN_OPTIONS=suppressions=$FIXTURES/lsan-openmpi.supp:print_suppressions=0:fast_unwind_on_malloc=0" \
-        LAUNCH="mpirun -np 2" "$BATS_TEST_DIRNAME/../pipelines/study.sh"
+        LAUNCH="mpirun -np 2" PRECISION=bf16 MICRO_BATCH=1 "$BATS_TEST_DIRNAME/../pipelines/study.sh"
     assert_status 0
     for run in dense cpt-50 upcycled-50; do
-        [ "$(records json "$TMP/m/runs/$run.mpk" | jq -s 'map(select(.event == "train_start")) | first | .world_size')" = 2 ] ||
-            { echo "$run did not run in 2 processes" >&2; return 1; }
+        [ "$(records json "$TMP/m/runs/$run.mpk" | jq -s -c 'map(select(.event == "train_start")) | first | [.world_size, .precision]')" = '[2,"bf16"]' ] ||
+            { echo "$run did not run in 2 processes on bf16 GEMMs" >&2; return 1; }
+        [ "$(jq '.settings["micro-batch"]' "$TMP/m/runs/$run/trainer_state.json")" = 1 ]
     done
-    grep -q "(train: mpirun -np 2)" "$TMP/m/report.md"
+    grep -q "(train: mpirun -np 2); bf16 GEMMs" "$TMP/m/report.md"
 }
