@@ -252,16 +252,23 @@ static void all_grads_reach(const char *label, model *m, const int32_t *ids, con
     }
 }
 
-static model *tiny_model(int E, int kk, bool tied, uint64_t seed)
+/* tiny_model on backend K, with router jitter noise `jitter` */
+static model *tiny_model_on(const upc_kernels *K, int E, int kk, bool tied, uint64_t seed, double jitter)
 {
     model_config c;
     tiny_config(&c, E, kk, tied);
     c.router_aux_loss_coef = 0.1;           /* large, so the aux gradients matter */
     c.router_z_loss_coef = 0.05;
-    model *m = model_create(kernels_cpu(), &c);
+    c.router_jitter_noise = jitter;
+    model *m = model_create(K, &c);
     mc_free(&c);
     model_init_weights(m, seed);
     return m;
+}
+
+static model *tiny_model(int E, int kk, bool tied, uint64_t seed)
+{
+    return tiny_model_on(kernels_cpu(), E, kk, tied, seed, 0.0);
 }
 
 static void test_layout(void)
@@ -375,14 +382,7 @@ static void test_capacity(const int32_t *ids, const int32_t *targets)
  * matches finite differences. */
 static void test_jitter(const int32_t *ids, const int32_t *targets)
 {
-    model_config c;
-    tiny_config(&c, 4, 2, true);
-    c.router_aux_loss_coef = 0.1;
-    c.router_z_loss_coef = 0.05;
-    c.router_jitter_noise = 0.3;
-    model *jit = model_create(kernels_cpu(), &c);
-    mc_free(&c);
-    model_init_weights(jit, 16);
+    model *jit = tiny_model_on(kernels_cpu(), 4, 2, true, 16, 0.3);
     scale_weights(jit, 10.0f, 7);
     model *calm = tiny_model(4, 2, true, 16);
     scale_weights(calm, 10.0f, 7);
@@ -431,13 +431,7 @@ static void test_attention_gemm(const int32_t *ids, const int32_t *targets)
     gradcheck("moe E4 k2 attention through GEMMs", viagemm, ids, targets);
     all_grads_reach("moe E4 k2 attention through GEMMs", viagemm, ids, targets);
 
-    model_config c;
-    tiny_config(&c, 4, 2, true);
-    c.router_aux_loss_coef = 0.1;
-    c.router_z_loss_coef = 0.05;
-    model *half = model_create(kernels_cpu_bf16(), &c);
-    mc_free(&c);
-    model_init_weights(half, 17);
+    model *half = tiny_model_on(kernels_cpu_bf16(), 4, 2, true, 17, 0.0);
     scale_weights(half, 10.0f, 8);
     CHECK(half->attention_gemm);
     model_loss h;
