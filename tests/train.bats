@@ -310,6 +310,19 @@ losses() {
     [ "$(fields "$TMP/h2b.mpk" train_start precision)" = bf16 ]
     diff <(losses "$TMP/h.mpk" | awk '$1 > 6') <(losses "$TMP/h2b.mpk")
     cmp "$TMP/h/model.safetensors" "$TMP/h2/model.safetensors"
+    # another precision on resume is allowed, and said
+    run train --resume --steps 14 --precision fp32 --out "$TMP/h2"
+    assert_status 0
+    [ "$(printf '%s\n' "$output" | grep -c "resuming with --precision fp32, the run was saved with bf16")" -eq 1 ]
+    # a run saved before --precision existed (no settings.precision) resumes as fp32
+    # shellcheck disable=SC2086
+    train $args --steps 6 --out "$TMP/old" > /dev/null
+    jq 'del(.settings.precision)' "$TMP/old/trainer_state.json" > "$TMP/ts.json"
+    mv "$TMP/ts.json" "$TMP/old/trainer_state.json"
+    train --resume --steps 12 --out "$TMP/old" > "$TMP/old.mpk" 2> "$TMP/old.err"
+    [ "$(fields "$TMP/old.mpk" train_start precision)" = fp32 ]
+    ! grep -q precision "$TMP/old.err"
+    diff <(losses "$TMP/f.mpk" | awk '$1 > 6') <(losses "$TMP/old.mpk")
     # shellcheck disable=SC2086
     run train $args --precision fp8 --out "$TMP/x"
     assert_status 64

@@ -272,6 +272,10 @@ static void merge_resumed_settings(options *o, bool *given, json_t *stored, cons
         if (length && new_length)
             continue;   /* a new length replaces the old, whichever unit */
         json_t *v = json_object_get(stored, s->name + 2);
+        /* settings added after a run was saved take their defaults, which
+         * are what that run used */
+        if (!v && strcmp(s->name, "--precision") == 0)
+            continue;
         if (!v)
             upc_fail(EX_DATAERR, "%s: settings.%s missing", path, s->name + 2);
         bool is_null = json_is_null(v);
@@ -876,6 +880,11 @@ int main(int argc, char **argv)
     if (o->resume && R.st.threads && R.st.threads != threads)
         warn_once(&R, "resuming on %d threads, the run was saved on %d: the losses will differ in the last bits",
                  threads, R.st.threads);
+    json_t *saved_precision = stored ? json_object_get(stored, "precision") : NULL;
+    const char *was_precision = json_is_string(saved_precision) ? json_string_value(saved_precision) : "fp32";
+    if (o->resume && strcmp(was_precision, o->precision) != 0)
+        warn_once(&R, "resuming with --precision %s, the run was saved with %s: it continues, but not as the saved run "
+                  "would have", o->precision, was_precision);
     R.st.threads = threads;
 
     /* Refuse a terminal for the records before any work; discard them there. */
