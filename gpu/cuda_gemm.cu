@@ -1,16 +1,17 @@
 /* cuda_gemm.cu: dense, strided-batched and expert-grouped GEMMs on cuBLAS.
- * The fp32 table's run SGEMM (fp32 in, fp32 accumulate, no TF32); the bf16
- * table's round both operands into bf16 copies (upc_round_bf16, as the CPU
- * reference does) and run cublasGemmEx on tensor cores with fp32
- * accumulation and an fp32 C. cuBLAS is column-major: a row-major C[m][n]
- * is a column-major C^T, and C^T = op(B)^T op(A)^T, so every call swaps the
- * operands (B first) and the sizes (n, m).
+ * Called through the fp32 table they run SGEMM (fp32 in, fp32 accumulate,
+ * no TF32); through the bf16 table (upc_kernels_bf16) they round both
+ * operands into bf16 copies (upc_round_bf16, as the CPU reference does) and
+ * run cublasGemmEx on tensor cores with fp32 accumulation and an fp32 C.
+ * cuBLAS is column-major: a row-major C[m][n] is a column-major C^T, and
+ * C^T = op(B)^T op(A)^T, so every call swaps the operands (B first) and the
+ * sizes (n, m).
  *
- * The grouped GEMMs read the E+1 group offsets back to the host (one
+ * The fp32 grouped GEMMs read the E+1 group offsets back to the host (one
  * synchronous copy per call, into a pinned buffer) and run one GEMM per
- * non-empty group. This is the first version the issue allows; the
- * alternatives (cublasGemmGroupedBatchedEx, which also wants host sizes, or
- * a device-side grouped kernel reading offs on the device) are left. */
+ * non-empty group (cublasGemmGroupedBatchedEx would want host sizes too).
+ * The bf16 ones run cuda_grouped.cu's single launch, which reads the
+ * offsets on the device, unless UPC_GROUPED=cublas. */
 #include "cuda_internal.cuh"
 
 #include <cuda_bf16.h>
@@ -127,17 +128,18 @@ static void mm(const upc_kernels *K, const char *kernel, bool bf16, int trans_a,
 
 /* ---- dense and strided-batched --------------------------------------------------- */
 
-static void gemm(const upc_kernels *K, bool bf16, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+void cu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *A,
+             int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     check_gemm("gemm", trans_a, trans_b, m, n, k, lda, ldb, ldc);
-    mm(K, "gemm", bf16, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    mm(K, "gemm", upc_kernels_bf16(K), trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-static void gemm_strided_batched(const upc_kernels *K, bool bf16, int trans_a, int trans_b, int m, int n, int k,
-                                 float alpha, const float *A, int lda, long long stride_a, const float *B, int ldb,
-                                 long long stride_b, float beta, float *C, int ldc, long long stride_c, int batch)
+void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                             const float *A, int lda, long long stride_a, const float *B, int ldb,
+                             long long stride_b, float beta, float *C, int ldc, long long stride_c, int batch)
 {
+    bool bf16 = upc_kernels_bf16(K);
     const char *kernel = "gemm_strided_batched";
     check_gemm(kernel, trans_a, trans_b, m, n, k, lda, ldb, ldc);
     CUDA_REQUIRE(batch >= 0, kernel, "negative batch");
@@ -201,9 +203,10 @@ enum grouped_kind {
     GROUPED_DW     /* dW_g[n][k] = dY^T X + beta dW_g          (a = dY [rows][n], b = X [rows][k]) */
 };
 
-static void grouped(const upc_kernels *K, const char *kernel, enum grouped_kind kind, bool bf16, int E,
-                    const int32_t *offs, int n, int k, const float *a, const float *b, float beta, float *out)
+static void grouped(const upc_kernels *K, const char *kernel, enum grouped_kind kind, int E, const int32_t *offs,
+                    int n, int k, const float *a, const float *b, float beta, float *out)
 {
+    bool bf16 = upc_kernels_bf16(K);
     /* bf16: one launch that reads the offsets on the device (cuda_grouped.cu) */
     if (bf16 && n > 0 && k > 0 && cuda_grouped_on_device()) {
         if (kind == GROUPED_DW)
@@ -254,69 +257,22 @@ static void grouped(const upc_kernels *K, const char *kernel, enum grouped_kind 
     }
 }
 
-/* ---- the tables' entry points: fp32 and bf16 --------------------------------------- */
-
-void cu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *A,
-             int lda, const float *B, int ldb, float beta, float *C, int ldc)
-{
-    gemm(K, false, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-void cu_gemm_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
-{
-    gemm(K, true, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                             const float *A, int lda, long long stride_a, const float *B, int ldb,
-                             long long stride_b, float beta, float *C, int ldc, long long stride_c, int batch)
-{
-    gemm_strided_batched(K, false, trans_a, trans_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C,
-                         ldc, stride_c, batch);
-}
-
-void cu_gemm_strided_batched_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
-                                  float alpha, const float *A, int lda, long long stride_a, const float *B,
-                                  int ldb, long long stride_b, float beta, float *C, int ldc,
-                                  long long stride_c, int batch)
-{
-    gemm_strided_batched(K, true, trans_a, trans_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C,
-                         ldc, stride_c, batch);
-}
+/* ---- the grouped entry points -------------------------------------------------- */
 
 void cu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
                          const float *W, float beta, float *Y)
 {
-    grouped(K, "grouped_gemm_fwd", GROUPED_FWD, false, E, offs, n, k, X, W, beta, Y);
-}
-
-void cu_grouped_gemm_fwd_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
-                              const float *W, float beta, float *Y)
-{
-    grouped(K, "grouped_gemm_fwd", GROUPED_FWD, true, E, offs, n, k, X, W, beta, Y);
+    grouped(K, "grouped_gemm_fwd", GROUPED_FWD, E, offs, n, k, X, W, beta, Y);
 }
 
 void cu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
                         const float *W, float beta, float *dX)
 {
-    grouped(K, "grouped_gemm_dx", GROUPED_DX, false, E, offs, n, k, dY, W, beta, dX);
-}
-
-void cu_grouped_gemm_dx_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
-                             const float *W, float beta, float *dX)
-{
-    grouped(K, "grouped_gemm_dx", GROUPED_DX, true, E, offs, n, k, dY, W, beta, dX);
+    grouped(K, "grouped_gemm_dx", GROUPED_DX, E, offs, n, k, dY, W, beta, dX);
 }
 
 void cu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
                         const float *X, float beta, float *dW)
 {
-    grouped(K, "grouped_gemm_dw", GROUPED_DW, false, E, offs, n, k, dY, X, beta, dW);
-}
-
-void cu_grouped_gemm_dw_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
-                             const float *X, float beta, float *dW)
-{
-    grouped(K, "grouped_gemm_dw", GROUPED_DW, true, E, offs, n, k, dY, X, beta, dW);
+    grouped(K, "grouped_gemm_dw", GROUPED_DW, E, offs, n, k, dY, X, beta, dW);
 }

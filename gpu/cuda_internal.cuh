@@ -199,20 +199,6 @@ void cuda_grouped_rows_bf16(const upc_kernels *K, const char *kernel, int dx, in
                             int k, const float *A, const float *W, float beta, float *C);
 void cuda_grouped_dw_bf16(const upc_kernels *K, const char *kernel, int E, const int32_t *offs, int n, int k,
                           const float *dY, const float *X, float beta, float *dW);
-/* the bf16 table's: operands rounded to bf16 (upc_round_bf16), cublasGemmEx
- * with fp32 accumulation and output */
-void cu_gemm_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
-void cu_gemm_strided_batched_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
-                                  float alpha, const float *A, int lda, long long stride_a, const float *B,
-                                  int ldb, long long stride_b, float beta, float *C, int ldc,
-                                  long long stride_c, int batch);
-void cu_grouped_gemm_fwd_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
-                              const float *X, const float *W, float beta, float *Y);
-void cu_grouped_gemm_dx_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
-                             const float *dY, const float *W, float beta, float *dX);
-void cu_grouped_gemm_dw_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
-                             const float *dY, const float *X, float beta, float *dW);
 
 /* cuda_layers.cu */
 void cu_embedding_fwd(const upc_kernels *K, const int32_t *ids, int rows, const float *table, int V,

@@ -266,12 +266,7 @@ extern "C" const upc_kernels *kernels_cuda_bf16(void)
         return NULL;
     if (!t.name) {
         t = the_table;
-        t.precision = "bf16";
-        t.gemm = cu_gemm_bf16;
-        t.gemm_strided_batched = cu_gemm_strided_batched_bf16;
-        t.grouped_gemm_fwd = cu_grouped_gemm_fwd_bf16;
-        t.grouped_gemm_dx = cu_grouped_gemm_dx_bf16;
-        t.grouped_gemm_dw = cu_grouped_gemm_dw_bf16;
+        t.precision = "bf16";   /* the GEMMs ask it (upc_kernels_bf16) */
     }
     return &t;
 }

@@ -24,8 +24,10 @@
 #ifndef UPCYC_KERNELS_H
 #define UPCYC_KERNELS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct upc_kernels upc_kernels;
 
@@ -288,6 +290,14 @@ struct upc_kernels {
     void (*add)(const upc_kernels *K, float *out, const float *a, const float *b,
                 size_t n);
 };
+
+/* Whether table K's GEMMs take bf16 operands (its precision): the GEMM
+ * entry points of both backends ask it of the K they are called with, so a
+ * bf16 table is the fp32 table with another precision. */
+static inline bool upc_kernels_bf16(const upc_kernels *K)
+{
+    return strcmp(K->precision, "bf16") == 0;
+}
 
 /* The CPU backend: OpenBLAS SGEMM, OpenMP elsewhere, fp32. Never NULL. */
 const upc_kernels *kernels_cpu(void);

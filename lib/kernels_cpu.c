@@ -121,12 +121,7 @@ const upc_kernels *kernels_cpu_bf16(void)
     static upc_kernels t;
     if (!t.name) {
         t = cpu_table;
-        t.precision = "bf16";
-        t.gemm = cpu_gemm_bf16;
-        t.gemm_strided_batched = cpu_gemm_strided_batched_bf16;
-        t.grouped_gemm_fwd = cpu_grouped_gemm_fwd_bf16;
-        t.grouped_gemm_dx = cpu_grouped_gemm_dx_bf16;
-        t.grouped_gemm_dw = cpu_grouped_gemm_dw_bf16;
+        t.precision = "bf16";   /* the GEMMs ask it (upc_kernels_bf16) */
     }
     return &t;
 }

@@ -35,19 +35,6 @@ void cpu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n
                          int k, const float *dY, const float *W, float beta, float *dX);
 void cpu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n,
                          int k, const float *dY, const float *X, float beta, float *dW);
-/* the same with both operands rounded to bf16 (the kernels_cpu_bf16 table) */
-void cpu_gemm_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
-void cpu_gemm_strided_batched_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
-                                   float alpha, const float *A, int lda, long long stride_a, const float *B,
-                                   int ldb, long long stride_b, float beta, float *C, int ldc,
-                                   long long stride_c, int batch);
-void cpu_grouped_gemm_fwd_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
-                               const float *W, float beta, float *Y);
-void cpu_grouped_gemm_dx_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
-                              const float *W, float beta, float *dX);
-void cpu_grouped_gemm_dw_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
-                              const float *X, float beta, float *dW);
 
 /* kernels_cpu_layers.c: embedding, RMSNorm, RoPE, SwiGLU */
 void cpu_embedding_fwd(const upc_kernels *K, const int32_t *ids, int rows,

@@ -2,8 +2,8 @@
  * OpenBLAS SGEMM (row-major). OpenBLAS threads each call itself, so batches
  * and groups run one after another.
  *
- * The bf16 table's entry points (kernels_cpu_bf16) round copies of both
- * operands to bfloat16 first: a product of two bf16 values is exact in
+ * Called through the bf16 table (kernels_cpu_bf16), they round copies of
+ * both operands to bfloat16 first: a product of two bf16 values is exact in
  * fp32, so this is what a bf16 tensor-core GEMM computes, up to the order
  * of the fp32 sums. It is the reference the GPU's bf16 GEMMs are checked
  * against, and shows on a CPU what bf16 does to a training run; it is
@@ -125,18 +125,18 @@ static void mm(bool bf16, int trans_a, int trans_b, int m, int n, int k, float a
     sgemm(trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-static void gemm(bool bf16, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+void cpu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *A,
+              int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     check_gemm("gemm", trans_a, trans_b, m, n, k, lda, ldb, ldc);
-    mm(bf16, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    mm(upc_kernels_bf16(K), trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-static void gemm_strided_batched(bool bf16, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                                 const float *A, int lda, long long stride_a, const float *B, int ldb,
-                                 long long stride_b, float beta, float *C, int ldc, long long stride_c,
-                                 int batch)
+void cpu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                              const float *A, int lda, long long stride_a, const float *B, int ldb,
+                              long long stride_b, float beta, float *C, int ldc, long long stride_c, int batch)
 {
+    bool bf16 = upc_kernels_bf16(K);
     check_gemm("gemm_strided_batched", trans_a, trans_b, m, n, k, lda, ldb, ldc);
     CPU_REQUIRE(batch >= 0, "gemm_strided_batched", "negative batch");
     for (int i = 0; i < batch; i++)
@@ -152,9 +152,10 @@ static void check_groups(const char *kernel, int E, const int32_t *offs, int n, 
         CPU_REQUIRE(offs[g + 1] >= offs[g], kernel, "offsets decrease");
 }
 
-static void grouped_fwd(bool bf16, int E, const int32_t *offs, int n, int k, const float *X, const float *W,
-                        float beta, float *Y)
+void cpu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
+                          const float *W, float beta, float *Y)
 {
+    bool bf16 = upc_kernels_bf16(K);
     check_groups("grouped_gemm_fwd", E, offs, n, k);
     for (int g = 0; g < E; g++) {
         int r0 = offs[g], rows = offs[g + 1] - offs[g];
@@ -164,9 +165,10 @@ static void grouped_fwd(bool bf16, int E, const int32_t *offs, int n, int k, con
     }
 }
 
-static void grouped_dx(bool bf16, int E, const int32_t *offs, int n, int k, const float *dY, const float *W,
-                       float beta, float *dX)
+void cpu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
+                         const float *W, float beta, float *dX)
 {
+    bool bf16 = upc_kernels_bf16(K);
     check_groups("grouped_gemm_dx", E, offs, n, k);
     for (int g = 0; g < E; g++) {
         int r0 = offs[g], rows = offs[g + 1] - offs[g];
@@ -176,9 +178,10 @@ static void grouped_dx(bool bf16, int E, const int32_t *offs, int n, int k, cons
     }
 }
 
-static void grouped_dw(bool bf16, int E, const int32_t *offs, int n, int k, const float *dY, const float *X,
-                       float beta, float *dW)
+void cpu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
+                         const float *X, float beta, float *dW)
 {
+    bool bf16 = upc_kernels_bf16(K);
     check_groups("grouped_gemm_dw", E, offs, n, k);
     for (int g = 0; g < E; g++) {
         int r0 = offs[g], rows = offs[g + 1] - offs[g];
@@ -186,71 +189,4 @@ static void grouped_dw(bool bf16, int E, const int32_t *offs, int n, int k, cons
               X + (size_t)r0 * k, k > 0 ? k : 1, beta, dW + (size_t)g * n * k,
               k > 0 ? k : 1);
     }
-}
-
-/* ---- the tables' entry points: fp32 (kernels_cpu) and bf16 (kernels_cpu_bf16) ---- */
-
-void cpu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *A,
-              int lda, const float *B, int ldb, float beta, float *C, int ldc)
-{
-    gemm(false, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-void cpu_gemm_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
-{
-    gemm(true, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-void cpu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                              const float *A, int lda, long long stride_a, const float *B, int ldb,
-                              long long stride_b, float beta, float *C, int ldc, long long stride_c, int batch)
-{
-    gemm_strided_batched(false, trans_a, trans_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
-                         stride_c, batch);
-}
-
-void cpu_gemm_strided_batched_bf16(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
-                                   float alpha, const float *A, int lda, long long stride_a, const float *B,
-                                   int ldb, long long stride_b, float beta, float *C, int ldc,
-                                   long long stride_c, int batch)
-{
-    gemm_strided_batched(true, trans_a, trans_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
-                         stride_c, batch);
-}
-
-void cpu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
-                          const float *W, float beta, float *Y)
-{
-    grouped_fwd(false, E, offs, n, k, X, W, beta, Y);
-}
-
-void cpu_grouped_gemm_fwd_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
-                               const float *W, float beta, float *Y)
-{
-    grouped_fwd(true, E, offs, n, k, X, W, beta, Y);
-}
-
-void cpu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
-                         const float *W, float beta, float *dX)
-{
-    grouped_dx(false, E, offs, n, k, dY, W, beta, dX);
-}
-
-void cpu_grouped_gemm_dx_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
-                              const float *W, float beta, float *dX)
-{
-    grouped_dx(true, E, offs, n, k, dY, W, beta, dX);
-}
-
-void cpu_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
-                         const float *X, float beta, float *dW)
-{
-    grouped_dw(false, E, offs, n, k, dY, X, beta, dW);
-}
-
-void cpu_grouped_gemm_dw_bf16(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
-                              const float *X, float beta, float *dW)
-{
-    grouped_dw(true, E, offs, n, k, dY, X, beta, dW);
 }

@@ -119,41 +119,42 @@ typedef struct {
     double lo, hi;
     bool setting;     /* stored in trainer_state.json */
     bool may_change;  /* a resumed run may give another value */
+    bool newer;       /* added after runs were first saved: one saved without it used the default */
 } opt_spec;
 
 #define S(f) OPT_STR, offsetof(options, f), 0, 0
 #define I(f, lo, hi) OPT_INT, offsetof(options, f), lo, hi
 #define D(f, lo, hi) OPT_DBL, offsetof(options, f), lo, hi
 static const opt_spec specs[] = {
-    {"--init", S(init), true, true},
-    {"--from", S(from), true, true},
-    {"--data", S(data), true, false},
-    {"--val", S(val), true, true},
-    {"--out", S(out), false, false},
-    {"--tokenizer", S(tokenizer), false, false},
-    {"--optimizer", S(optimizer), true, false},
-    {"--schedule", S(schedule), true, false},
-    {"--device", S(device), false, false},
-    {"--precision", S(precision), true, true},
-    {"--steps", I(steps, 1, 1e15), true, true},
-    {"--tokens", I(tokens, 1, 1e18), true, true},
-    {"--batch", I(batch, 1, 1 << 20), true, false},
-    {"--micro-batch", I(micro_batch, 1, 1 << 20), true, true},
-    {"--seq-len", I(seq_len, 1, 1 << 24), true, false},
-    {"--warmup", I(warmup, 0, 1e15), true, false},
-    {"--decay-steps", I(decay_steps, 1, 1e15), true, false},
-    {"--seed", I(seed, 0, 9.2e18), true, false},
-    {"--eval-every", I(eval_every, 0, 1e15), true, true},
-    {"--eval-tokens", I(eval_tokens, 0, 1e18), true, true},
-    {"--save-every", I(save_every, 0, 1e15), true, true},
-    {"--threads", I(threads, 1, 4096), false, false},
-    {"--lr", D(lr, 0, 1e30), true, false},
-    {"--beta1", D(beta1, 0, 1), true, false},
-    {"--beta2", D(beta2, 0, 1), true, false},
-    {"--eps", D(eps, 0, 1), true, false},
-    {"--weight-decay", D(weight_decay, 0, 1e6), true, false},
-    {"--clip", D(clip, 0, 1e30), true, false},
-    {"--min-lr-ratio", D(min_lr_ratio, 0, 1), true, false},
+    {"--init", S(init), true, true, false},
+    {"--from", S(from), true, true, false},
+    {"--data", S(data), true, false, false},
+    {"--val", S(val), true, true, false},
+    {"--out", S(out), false, false, false},
+    {"--tokenizer", S(tokenizer), false, false, false},
+    {"--optimizer", S(optimizer), true, false, false},
+    {"--schedule", S(schedule), true, false, false},
+    {"--device", S(device), false, false, false},
+    {"--precision", S(precision), true, true, true},
+    {"--steps", I(steps, 1, 1e15), true, true, false},
+    {"--tokens", I(tokens, 1, 1e18), true, true, false},
+    {"--batch", I(batch, 1, 1 << 20), true, false, false},
+    {"--micro-batch", I(micro_batch, 1, 1 << 20), true, true, false},
+    {"--seq-len", I(seq_len, 1, 1 << 24), true, false, false},
+    {"--warmup", I(warmup, 0, 1e15), true, false, false},
+    {"--decay-steps", I(decay_steps, 1, 1e15), true, false, false},
+    {"--seed", I(seed, 0, 9.2e18), true, false, false},
+    {"--eval-every", I(eval_every, 0, 1e15), true, true, false},
+    {"--eval-tokens", I(eval_tokens, 0, 1e18), true, true, false},
+    {"--save-every", I(save_every, 0, 1e15), true, true, false},
+    {"--threads", I(threads, 1, 4096), false, false, false},
+    {"--lr", D(lr, 0, 1e30), true, false, false},
+    {"--beta1", D(beta1, 0, 1), true, false, false},
+    {"--beta2", D(beta2, 0, 1), true, false, false},
+    {"--eps", D(eps, 0, 1), true, false, false},
+    {"--weight-decay", D(weight_decay, 0, 1e6), true, false, false},
+    {"--clip", D(clip, 0, 1e30), true, false, false},
+    {"--min-lr-ratio", D(min_lr_ratio, 0, 1), true, false, false},
 };
 #undef S
 #undef I
@@ -272,10 +273,8 @@ static void merge_resumed_settings(options *o, bool *given, json_t *stored, cons
         if (length && new_length)
             continue;   /* a new length replaces the old, whichever unit */
         json_t *v = json_object_get(stored, s->name + 2);
-        /* settings added after a run was saved take their defaults, which
-         * are what that run used */
-        if (!v && strcmp(s->name, "--precision") == 0)
-            continue;
+        if (!v && s->newer)
+            continue;   /* the default, which is what that run used */
         if (!v)
             upc_fail(EX_DATAERR, "%s: settings.%s missing", path, s->name + 2);
         bool is_null = json_is_null(v);

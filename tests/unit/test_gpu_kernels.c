@@ -196,7 +196,7 @@ static float *gpu_copy(twin t)
 static const char *kname(const char *base)
 {
     static char name[64];
-    snprintf(name, sizeof name, "%s%s", base, strcmp(C->precision, "bf16") == 0 ? " bf16" : "");
+    snprintf(name, sizeof name, "%s%s", base, upc_kernels_bf16(C) ? " bf16" : "");
     return name;
 }
 
