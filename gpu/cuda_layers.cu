@@ -176,10 +176,21 @@ void cu_rmsnorm_bwd(const upc_kernels *K, const float *dy, const float *x, const
 
 /* ---- RoPE ----------------------------------------------------------------------- */
 
+/* The inverse frequencies, computed on the host by upc_rope_inv_freq with
+ * the same libm powf as the CPU backend and passed by value: the device
+ * powf may differ from glibc's in the last bit, and one ulp of inv_freq
+ * moves the angle at position 3000 by ~5e-5 rad (output error ~1e-4, past
+ * the CPU comparison's tolerance). Head dims above 2 * ROPE_TABLE fall
+ * back to the device powf. */
+enum { ROPE_TABLE = 256 };
+typedef struct {
+    float f[ROPE_TABLE];
+} rope_inv_freq_table;
+
 /* One thread per (token, head, pair i < hd/2); reads both halves of the
  * pair before writing them, so y may be x. */
 static __global__ void rope_kernel(const float *x, float *y, int B, int T, int H, int hd, int pos0,
-                                   const int32_t *pos, float theta, float sign)
+                                   const int32_t *pos, float theta, float sign, rope_inv_freq_table inv)
 {
     int half = hd / 2;
     size_t n = (size_t)B * T * H * half;
@@ -188,7 +199,7 @@ static __global__ void rope_kernel(const float *x, float *y, int B, int T, int H
         size_t th = e / half;           /* (bt, h) */
         size_t bt = th / H;
         int p = pos ? pos[bt] : pos0 + (int)(bt % T);
-        float ang = (float)p * upc_rope_inv_freq(i, hd, theta);
+        float ang = (float)p * (half <= ROPE_TABLE ? inv.f[i] : upc_rope_inv_freq(i, hd, theta));
         float c = cosf(ang), s = sinf(ang);
         size_t base = th * hd;
         float a = x[base + i], b = x[base + i + half];
@@ -206,7 +217,10 @@ static void rope_apply(const upc_kernels *K, const char *kernel, const float *x,
     size_t n = (size_t)B * T * H * (hd / 2);
     if (n == 0)
         return;
-    rope_kernel<<<cuda_blocks(n), CUDA_THREADS>>>(x, y, B, T, H, hd, pos0, pos, theta, sign);
+    rope_inv_freq_table inv = {};
+    for (int i = 0; i < hd / 2 && i < ROPE_TABLE; i++)
+        inv.f[i] = upc_rope_inv_freq(i, hd, theta);   /* host libm: the CPU's bits */
+    rope_kernel<<<cuda_blocks(n), CUDA_THREADS>>>(x, y, B, T, H, hd, pos0, pos, theta, sign, inv);
     cuda_after_launch(K, kernel);
 }
 
