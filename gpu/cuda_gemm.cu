@@ -2,7 +2,9 @@
  * Called through the fp32 table they run SGEMM (fp32 in, fp32 accumulate,
  * no TF32); through the bf16 table (upc_kernels_bf16) they round both
  * operands into bf16 copies (upc_round_bf16, as the CPU reference does) and
- * run cublasGemmEx on tensor cores with fp32 accumulation and an fp32 C.
+ * run cublasGemmEx on tensor cores with fp32 accumulation and an fp32 C;
+ * operands inside the weights registered with bf16_weights are read from
+ * their rounded copy instead (same values, rounded once per change).
  * cuBLAS is column-major: a row-major C[m][n] is a column-major C^T, and
  * C^T = op(B)^T op(A)^T, so every call swaps the operands (B first) and the
  * sizes (n, m).
@@ -70,6 +72,13 @@ static void sgemm(const upc_kernels *K, const char *kernel, int trans_a, int tra
 
 /* ---- bf16 operands ------------------------------------------------------------- */
 
+static __device__ __forceinline__ __nv_bfloat16 to_bf16(float x)
+{
+    __nv_bfloat16_raw raw;
+    raw.x = (unsigned short)(__float_as_uint(upc_round_bf16(x)) >> 16);
+    return raw;
+}
+
 /* `batch` matrices of rows x cols (leading dimension ld, `stride` apart) as
  * one contiguous bf16 array, each element rounded as upc_round_bf16 rounds. */
 static __global__ void pack_bf16_kernel(const float *X, int rows, int cols, int ld, long long stride,
@@ -78,22 +87,75 @@ static __global__ void pack_bf16_kernel(const float *X, int rows, int cols, int 
     size_t per = (size_t)rows * cols;
     GRID_STRIDE(i, total) {
         size_t b = i / per, r = (i % per) / cols, c = i % cols;
-        float v = upc_round_bf16(X[b * stride + r * (size_t)ld + c]);
-        __nv_bfloat16_raw raw;
-        raw.x = (unsigned short)(__float_as_uint(v) >> 16);
-        out[i] = raw;
+        out[i] = to_bf16(X[b * stride + r * (size_t)ld + c]);
     }
 }
 
-static const __nv_bfloat16 *packed_bf16(const upc_kernels *K, const char *kernel, int slot, const float *X,
-                                        int rows, int cols, int ld, long long stride, int batch)
+static __global__ void round_bf16_kernel(const float *x, size_t n, __nv_bfloat16 *out)
 {
+    GRID_STRIDE(i, n)
+        out[i] = to_bf16(x[i]);
+}
+
+void cu_bf16_weights(const upc_kernels *K, const float *w, size_t n)
+{
+    const char *kernel = "bf16_weights";
+    cuda_ctx *c = CTX(K);
+    if (!upc_kernels_bf16(K) || (n == 0 && w != c->bf16_w))
+        return;
+    if (n != c->bf16_n) {
+        if (c->bf16_copy)
+            CUDA_CHECK(cudaFree(c->bf16_copy), kernel, "freeing the bf16 weights");
+        c->bf16_w = NULL;
+        c->bf16_copy = NULL;
+        c->bf16_n = 0;
+        if (n == 0)
+            return;
+        cudaError_t e = cudaMalloc(&c->bf16_copy, n * sizeof(__nv_bfloat16));
+        if (e != cudaSuccess)
+            upc_fail(EX_OSERR, "cuda: %s: out of device memory for a bf16 copy of %zu weights (%s)", kernel, n,
+                     cudaGetErrorString(e));
+    }
+    c->bf16_w = w;
+    c->bf16_n = n;
+    round_bf16_kernel<<<cuda_blocks(n), CUDA_THREADS>>>(w, n, (__nv_bfloat16 *)c->bf16_copy);
+    cuda_after_launch(K, kernel);
+}
+
+/* The registered copy of `batch` matrices of rows x cols (leading dimension
+ * ld, `stride` apart; every size > 0) when they lie inside the registered
+ * weights, else NULL. */
+static const __nv_bfloat16 *registered_bf16(const upc_kernels *K, const float *X, int rows, int cols, int ld,
+                                            long long stride, int batch)
+{
+    const cuda_ctx *c = CTX(K);
+    uintptr_t x = (uintptr_t)X, w = (uintptr_t)c->bf16_w;
+    if (!c->bf16_w || x < w || (x - w) % sizeof(float) != 0 || stride < 0)
+        return NULL;
+    size_t at = (x - w) / sizeof(float);
+    size_t span = (size_t)(batch - 1) * (size_t)stride + (size_t)(rows - 1) * ld + cols;
+    if (at >= c->bf16_n || span > c->bf16_n - at)
+        return NULL;
+    return (const __nv_bfloat16 *)c->bf16_copy + at;
+}
+
+/* X (as pack_bf16_kernel reads it) rounded to bf16: the registered copy
+ * (leading dimension and stride unchanged) or a packed one in scratch
+ * `slot` (*ld becomes cols, *stride rows * cols). */
+static const __nv_bfloat16 *bf16_operand(const upc_kernels *K, const char *kernel, int slot, const float *X,
+                                         int rows, int cols, int *ld, long long *stride, int batch)
+{
+    const __nv_bfloat16 *registered = registered_bf16(K, X, rows, cols, *ld, *stride, batch);
+    if (registered)
+        return registered;
     size_t total = (size_t)rows * cols * batch;
     __nv_bfloat16 *out = (__nv_bfloat16 *)cuda_scratch(K, slot, total * sizeof(__nv_bfloat16), kernel);
-    if (total == 0)
-        return out;
-    pack_bf16_kernel<<<cuda_blocks(total), CUDA_THREADS>>>(X, rows, cols, ld, stride, total, out);
-    cuda_after_launch(K, kernel);
+    if (total > 0) {
+        pack_bf16_kernel<<<cuda_blocks(total), CUDA_THREADS>>>(X, rows, cols, *ld, *stride, total, out);
+        cuda_after_launch(K, kernel);
+    }
+    *ld = cols;
+    *stride = (long long)rows * cols;
     return out;
 }
 
@@ -120,10 +182,12 @@ static void mm(const upc_kernels *K, const char *kernel, bool bf16, int trans_a,
         sgemm(K, kernel, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    int a_rows = trans_a ? k : m, a_cols = trans_a ? m : k, b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
-    const __nv_bfloat16 *a = packed_bf16(K, kernel, SCRATCH_BF16_A, A, a_rows, a_cols, lda, 0, 1);
-    const __nv_bfloat16 *b = packed_bf16(K, kernel, SCRATCH_BF16_B, B, b_rows, b_cols, ldb, 0, 1);
-    gemm_ex(K, kernel, trans_a, trans_b, m, n, k, alpha, a, a_cols, b, b_cols, beta, C, ldc);
+    long long stride_a = 0, stride_b = 0;   /* one matrix each */
+    const __nv_bfloat16 *a =
+        bf16_operand(K, kernel, SCRATCH_BF16_A, A, trans_a ? k : m, trans_a ? m : k, &lda, &stride_a, 1);
+    const __nv_bfloat16 *b =
+        bf16_operand(K, kernel, SCRATCH_BF16_B, B, trans_b ? n : k, trans_b ? k : n, &ldb, &stride_b, 1);
+    gemm_ex(K, kernel, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, C, ldc);
 }
 
 /* ---- dense and strided-batched --------------------------------------------------- */
@@ -155,13 +219,13 @@ void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int
                                              stride_a, &beta, C, ldc, stride_c, batch),
                    kernel);
     } else {
-        int a_rows = trans_a ? k : m, a_cols = trans_a ? m : k, b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
-        const __nv_bfloat16 *a = packed_bf16(K, kernel, SCRATCH_BF16_A, A, a_rows, a_cols, lda, stride_a, batch);
-        const __nv_bfloat16 *b = packed_bf16(K, kernel, SCRATCH_BF16_B, B, b_rows, b_cols, ldb, stride_b, batch);
-        BLAS_CHECK(cublasGemmStridedBatchedEx(CTX(K)->blas, op_b, op_a, n, m, k, &alpha, b, CUDA_R_16BF, b_cols,
-                                              (long long)b_rows * b_cols, a, CUDA_R_16BF, a_cols,
-                                              (long long)a_rows * a_cols, &beta, C, CUDA_R_32F, ldc, stride_c,
-                                              batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        const __nv_bfloat16 *a =
+            bf16_operand(K, kernel, SCRATCH_BF16_A, A, trans_a ? k : m, trans_a ? m : k, &lda, &stride_a, batch);
+        const __nv_bfloat16 *b =
+            bf16_operand(K, kernel, SCRATCH_BF16_B, B, trans_b ? n : k, trans_b ? k : n, &ldb, &stride_b, batch);
+        BLAS_CHECK(cublasGemmStridedBatchedEx(CTX(K)->blas, op_b, op_a, n, m, k, &alpha, b, CUDA_R_16BF, ldb,
+                                              stride_b, a, CUDA_R_16BF, lda, stride_a, &beta, C, CUDA_R_32F, ldc,
+                                              stride_c, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    kernel);
     }
     if (CTX(K)->debug_sync)
@@ -218,11 +282,12 @@ static void grouped(const upc_kernels *K, const char *kernel, enum grouped_kind 
     const int32_t *o = host_offsets(K, kernel, E, offs, n, k);
     int total = o[E], kn = k > 0 ? k : 1, nn = n > 0 ? n : 1;
     const __nv_bfloat16 *a16 = NULL, *b16 = NULL;
-    if (bf16 && n > 0 && k > 0) {
-        a16 = packed_bf16(K, kernel, SCRATCH_BF16_A, a, total, kind == GROUPED_FWD ? k : n, kind == GROUPED_FWD ? k : n,
-                          0, 1);
-        b16 = kind == GROUPED_DW ? packed_bf16(K, kernel, SCRATCH_BF16_B, b, total, k, k, 0, 1)
-                                 : packed_bf16(K, kernel, SCRATCH_BF16_B, b, E * n, k, k, 0, 1);
+    if (bf16 && n > 0 && k > 0 && total > 0) {
+        /* contiguous operands: the leading dimensions stay kn / nn */
+        int lda = kind == GROUPED_FWD ? k : n, ldb = k;
+        long long stride_a = 0, stride_b = 0;
+        a16 = bf16_operand(K, kernel, SCRATCH_BF16_A, a, total, lda, &lda, &stride_a, 1);
+        b16 = bf16_operand(K, kernel, SCRATCH_BF16_B, b, kind == GROUPED_DW ? total : E * n, k, &ldb, &stride_b, 1);
     }
     /* every group, empty ones included: beta scales an unused expert's dW */
     for (int g = 0; g < E; g++) {

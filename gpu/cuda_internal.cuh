@@ -51,6 +51,9 @@ typedef struct {
     size_t host_offs_cap;
     int debug_sync;           /* UPC_CUDA_SYNC=1: sync + check after every kernel */
     size_t attn_smem_set;     /* dynamic shared memory the attention kernels may use */
+    const float *bf16_w;      /* weights registered with bf16_weights (cuda_gemm.cu), */
+    size_t bf16_n;            /* their length in floats */
+    void *bf16_copy;          /* and their rounded copy, __nv_bfloat16 [bf16_n] */
 } cuda_ctx;
 
 static inline cuda_ctx *CTX(const upc_kernels *K)
@@ -186,6 +189,7 @@ void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int
                              float alpha, const float *A, int lda, long long stride_a, const float *B,
                              int ldb, long long stride_b, float beta, float *C, int ldc,
                              long long stride_c, int batch);
+void cu_bf16_weights(const upc_kernels *K, const float *w, size_t n);
 void cu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
                          const float *X, const float *W, float beta, float *Y);
 void cu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n, int k,

@@ -145,6 +145,7 @@ static void fill_table(upc_kernels *t)
     t->sync = cu_sync;
     t->gemm = cu_gemm;
     t->gemm_strided_batched = cu_gemm_strided_batched;
+    t->bf16_weights = cu_bf16_weights;
     t->grouped_gemm_fwd = cu_grouped_gemm_fwd;
     t->grouped_gemm_dx = cu_grouped_gemm_dx;
     t->grouped_gemm_dw = cu_grouped_gemm_dw;

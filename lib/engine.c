@@ -285,6 +285,7 @@ int engine_step(engine *e, const int *seqs, const int32_t *ids, int n, const boo
         if (ids[r] < 0 || ids[r] >= m->V)
             upc_fail(EX_DATAERR, "engine: token id %d is outside the vocabulary of %d", (int)ids[r], m->V);
     place_rows(e, seqs, n);
+    model_round_weights(m);
     int d = m->d, qd = m->Hq * m->hd, kvd = m->Hkv * m->hd, F = m->F;
     K->upload(K, e->ids, ids, (size_t)n * 4);
     K->upload(K, e->slots, e->h_slots, (size_t)n * 4);

@@ -87,6 +87,18 @@ struct upc_kernels {
                                  float beta, float *C, int ldc, long long stride_c,
                                  int batch);
 
+    /* ---- bf16 weights ---------------------------------------------------
+     * bf16_weights(w, n): the bf16 GEMMs (grouped ones included) may take
+     * operands that lie inside w[0..n) from a copy of w rounded now, instead
+     * of rounding them again on every call: weights used by many GEMMs are
+     * rounded once per change, and decode reads half the bytes on a GPU.
+     * Results are the same bits either way. The caller registers again after
+     * anything writes w (model_params_changed does this for a model). One
+     * range per backend: a new call replaces the last; n == 0 forgets the
+     * range if it starts at w (another range is kept). Tables of precision
+     * fp32 ignore it. Fails (EX_OSERR) when the copy does not fit in memory. */
+    void (*bf16_weights)(const upc_kernels *K, const float *w, size_t n);
+
     /* ---- grouped GEMM (dropless MoE experts) ----------------------------
      * Rows sorted by expert: group g owns rows [offs[g], offs[g+1]) of the
      * row operands (offs: E+1 device int32, offs[0] = 0, non-decreasing, from

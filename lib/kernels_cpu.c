@@ -69,6 +69,7 @@ static const upc_kernels cpu_table = {
     .sync = cpu_sync,
     .gemm = cpu_gemm,
     .gemm_strided_batched = cpu_gemm_strided_batched,
+    .bf16_weights = cpu_bf16_weights,
     .grouped_gemm_fwd = cpu_grouped_gemm_fwd,
     .grouped_gemm_dx = cpu_grouped_gemm_dx,
     .grouped_gemm_dw = cpu_grouped_gemm_dw,

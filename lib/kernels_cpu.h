@@ -20,6 +20,7 @@
 #define CPU_PARALLEL_MIN ((size_t)1 << 15)
 
 /* kernels_cpu_gemm.c */
+void cpu_bf16_weights(const upc_kernels *K, const float *w, size_t n);
 void cpu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,
               float alpha, const float *A, int lda, const float *B, int ldb,
               float beta, float *C, int ldc);

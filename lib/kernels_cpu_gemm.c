@@ -13,6 +13,7 @@
 
 #include <cblas.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,11 +90,59 @@ static void sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
                 beta, C, ldc);
 }
 
-/* The rows x cols matrix X (leading dimension ld) rounded to bf16, packed
- * (leading dimension cols) into grow-only buffer `slot` (0: A, 1: B). The
- * CPU backend runs on one thread (OpenMP inside), so static buffers do. */
-static const float *rounded_bf16(int slot, const float *X, int rows, int cols, int ld)
+/* The weights registered with bf16_weights and their rounded copy (one
+ * range for the backend; floats holding bf16 values, what SGEMM reads). */
+static struct {
+    const float *w;
+    size_t n;
+    float *rounded;
+} weights;
+
+void cpu_bf16_weights(const upc_kernels *K, const float *w, size_t n)
 {
+    if (!upc_kernels_bf16(K))
+        return;
+    if (n == 0) {
+        if (w == weights.w) {
+            free(weights.rounded);
+            weights.w = weights.rounded = NULL;
+            weights.n = 0;
+        }
+        return;
+    }
+    if (n != weights.n) {
+        free(weights.rounded);
+        weights.rounded = upc_malloc(n * sizeof(float));
+    }
+    weights.w = w;
+    weights.n = n;
+#pragma omp parallel for schedule(static) if (n >= CPU_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++)
+        weights.rounded[i] = upc_round_bf16(w[i]);
+}
+
+/* The rounded copy of X (rows x cols, leading dimension ld, both > 0) when
+ * it lies inside the registered weights, else NULL. */
+static const float *registered_rounded(const float *X, int rows, int cols, int ld)
+{
+    uintptr_t x = (uintptr_t)X, w = (uintptr_t)weights.w;
+    if (!weights.w || x < w || (x - w) % sizeof(float) != 0)
+        return NULL;
+    size_t at = (x - w) / sizeof(float);
+    if (at >= weights.n || (size_t)(rows - 1) * ld + cols > weights.n - at)
+        return NULL;
+    return weights.rounded + at;
+}
+
+/* The rows x cols matrix X (leading dimension *ld) rounded to bf16: the
+ * registered copy, or packed (*ld becomes cols) into grow-only buffer
+ * `slot` (0: A, 1: B). The CPU backend runs on one thread (OpenMP inside),
+ * so static buffers do. */
+static const float *rounded_bf16(int slot, const float *X, int rows, int cols, int *ld)
+{
+    const float *registered = registered_rounded(X, rows, cols, *ld);
+    if (registered)
+        return registered;
     static float *buf[2];
     static size_t cap[2];
     size_t need = (size_t)rows * cols;
@@ -103,10 +152,12 @@ static const float *rounded_bf16(int slot, const float *X, int rows, int cols, i
         cap[slot] = need;
     }
     float *out = buf[slot];
+    int from = *ld;
 #pragma omp parallel for schedule(static) if (need >= CPU_PARALLEL_MIN)
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++)
-            out[(size_t)r * cols + c] = upc_round_bf16(X[(size_t)r * ld + c]);
+            out[(size_t)r * cols + c] = upc_round_bf16(X[(size_t)r * from + c]);
+    *ld = cols;
     return out;
 }
 
@@ -115,12 +166,8 @@ static void mm(bool bf16, int trans_a, int trans_b, int m, int n, int k, float a
                const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     if (bf16 && m > 0 && n > 0 && k > 0 && alpha != 0.0f) {
-        int a_rows = trans_a ? k : m, a_cols = trans_a ? m : k;
-        int b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
-        A = rounded_bf16(0, A, a_rows, a_cols, lda);
-        B = rounded_bf16(1, B, b_rows, b_cols, ldb);
-        lda = a_cols;
-        ldb = b_cols;
+        A = rounded_bf16(0, A, trans_a ? k : m, trans_a ? m : k, &lda);
+        B = rounded_bf16(1, B, trans_b ? n : k, trans_b ? k : n, &ldb);
     }
     sgemm(trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }

@@ -169,6 +169,8 @@ model *model_create(const upc_kernels *K, const model_config *cfg)
     if (!m->params || !m->grads)
         upc_fail(EX_OSERR, "model: out of %s memory for %zu parameters and their gradients",
                  K->name, m->n_floats);
+    const char *round = getenv("UPC_BF16_WEIGHTS");
+    m->round_weights = upc_kernels_bf16(K) && !(round && strcmp(round, "0") == 0);
     return m;
 }
 
@@ -177,6 +179,8 @@ void model_free(model *m)
     if (!m)
         return;
     model_release_workspace(m);
+    if (m->weights_rounded)
+        m->K->bf16_weights(m->K, m->params, 0);
     m->K->free(m->K, m->params);
     m->K->free(m->K, m->grads);
     free(m->tensors);
@@ -203,6 +207,20 @@ void model_get_param(const model *m, const model_tensor *t, float *host)
 void model_set_param(model *m, const model_tensor *t, const float *host)
 {
     m->K->upload(m->K, m->params + t->offset, host, t->numel * sizeof(float));
+    model_params_changed(m);
+}
+
+void model_params_changed(model *m)
+{
+    m->weights_rounded = false;
+}
+
+void model_round_weights(model *m)
+{
+    if (!m->round_weights || m->weights_rounded)
+        return;
+    m->K->bf16_weights(m->K, m->params, m->n_floats);
+    m->weights_rounded = true;
 }
 
 void model_get_grad(const model *m, const model_tensor *t, float *host)

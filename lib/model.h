@@ -116,6 +116,13 @@ typedef struct model {
     bool jitter_armed;            /* model_jitter_next: the next training forward jitters */
     uint64_t jitter_key;
 
+    /* bf16 tables: the backend holds a rounded copy of params (kernels.h
+     * bf16_weights) as they are now; model_params_changed clears it, the
+     * next forward makes it again. Off with UPC_BF16_WEIGHTS=0 (each GEMM
+     * then rounds its weights itself: the same bits, slower). */
+    bool round_weights;
+    bool weights_rounded;
+
     model_workspace *ws;          /* activations, sized for (B, T) */
 } model;
 
@@ -157,6 +164,14 @@ void model_set_param(model *m, const model_tensor *t, const float *host);
 void model_get_grad(const model *m, const model_tensor *t, float *host);
 
 void model_zero_grads(model *m);
+
+/* Say that m->params changed (model_set_param and optim_step do): a bf16
+ * table's rounded copy of the weights is made again before the next
+ * forward. Anything else that writes m->params must call it. */
+void model_params_changed(model *m);
+/* Make that copy now if it is out of date (model_forward and engine_step
+ * call it; nothing happens on fp32 tables). */
+void model_round_weights(model *m);
 
 /* Capacity of each expert for a batch of N tokens in capacity mode:
  * ceil(capacity_factor * N * k / E), at most N * k. */

@@ -197,6 +197,7 @@ void model_forward(model *m, const int32_t *ids, const int32_t *targets, int B, 
 {
     const upc_kernels *K = m->K;
     model_reserve(m, B, T);
+    model_round_weights(m);
     model_workspace *w = m->ws;
     size_t N = (size_t)w->N;
     int d = m->d;

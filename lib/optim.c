@@ -95,6 +95,7 @@ void optim_step(optim *o, model *m, double lr, double grad_scale)
         else
             K->lion_step(K, m->params + off, m->grads + off, o->exp_avg + off, t->numel, hp);
     }
+    model_params_changed(m);
 }
 
 static const char *const moment_suffix[] = {".exp_avg", ".exp_avg_sq"};

@@ -331,6 +331,24 @@ losses() {
     [ ! -e "$TMP/x" ]
 }
 
+@test "train: bf16 weights rounded once per step give the bits of rounding them in every GEMM (dense, MoE, validation)" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --steps 4 --out "$TMP/dense" > /dev/null
+    upcycle --experts 4 --top-k 2 "$TMP/dense" "$TMP/moe" > /dev/null 2>&1
+    local args="--data $D/shards/train --val $D/shards/val --eval-every 2 --batch 4 --seq-len 32 --steps 4 --lr 1e-3"
+    for from in dense moe; do
+        # shellcheck disable=SC2086
+        train --from "$TMP/$from" $args --precision bf16 --out "$TMP/$from-once" > "$TMP/$from-once.mpk"
+        # shellcheck disable=SC2086
+        UPC_BF16_WEIGHTS=0 train --from "$TMP/$from" $args --precision bf16 --out "$TMP/$from-each" > "$TMP/$from-each.mpk"
+        [ "$(losses "$TMP/$from-once.mpk" | wc -l)" -eq 4 ]
+        diff <(losses "$TMP/$from-once.mpk") <(losses "$TMP/$from-each.mpk")
+        [ "$(fields "$TMP/$from-once.mpk" eval loss | wc -l)" -eq 2 ]
+        diff <(fields "$TMP/$from-once.mpk" eval loss) <(fields "$TMP/$from-each.mpk" eval loss)
+        cmp "$TMP/$from-once/model.safetensors" "$TMP/$from-each/model.safetensors"
+    done
+}
+
 @test "train: data or tokenizer that do not fit the model are refused, nothing written" {
     sed 's/"vocab_size": 512/"vocab_size": 300/' "$D/tiny.json" > "$TMP/small.json"
     run train --init "$TMP/small.json" --data "$D/shards/train" --seq-len 32 --steps 2 --out "$TMP/o"

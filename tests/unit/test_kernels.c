@@ -140,6 +140,68 @@ static void test_bf16(void)
     K->free(K, dA), K->free(K, dB), K->free(K, c32), K->free(K, c16);
 }
 
+/* bf16_weights: GEMM operands inside the registered range are read from
+ * the copy rounded at registration (the same bits as rounding per call);
+ * operands reaching past it, and every operand of an fp32 table, are read
+ * as they are now; forgetting another pointer keeps the range. Writing the
+ * weights without registering again shows which copy a GEMM read. */
+static bool same_floats(const float *a, const float *b, size_t n)
+{
+    return memcmp(a, b, n * sizeof(float)) == 0;
+}
+
+static void test_bf16_weights(void)
+{
+    const upc_kernels *H = kernels_cpu_bf16(), *F = kernels_cpu();
+    const int m = 3, n = 40, k = 24, batch = 2;
+    const size_t nw = (size_t)batch * n * k + 16;   /* two [n][k] weights, then padding */
+    float *w = dev_rand(nw, -1, 1), *x = dev_rand((size_t)m * k, -1, 1);
+    float *fresh = host_rand(nw, -1, 1);
+    float *c_plain = dev_zeros((size_t)m * n * batch), *c = dev_zeros((size_t)m * n * batch);
+
+    /* registered or not: the same bits, for gemm and gemm_strided_batched */
+    H->gemm(H, 0, 1, m, n, k, 1.0f, x, k, w + n * k, k, 0.0f, c_plain, n);
+    H->bf16_weights(H, w, nw);
+    H->gemm(H, 0, 1, m, n, k, 1.0f, x, k, w + n * k, k, 0.0f, c, n);
+    CHECK_MSG(same_floats(c, c_plain, (size_t)m * n), "gemm on registered weights differs from rounding per call");
+    H->gemm_strided_batched(H, 0, 1, m, n, k, 1.0f, x, k, 0, w, k, (long long)n * k, 0.0f, c, n, (long long)m * n,
+                            batch);
+    H->bf16_weights(H, w, 0);
+    H->gemm_strided_batched(H, 0, 1, m, n, k, 1.0f, x, k, 0, w, k, (long long)n * k, 0.0f, c_plain, n,
+                            (long long)m * n, batch);
+    CHECK_MSG(same_floats(c, c_plain, (size_t)m * n * batch), "strided-batched GEMM on registered weights differs");
+
+    /* the copy is what a registered GEMM reads: new weights are not seen
+     * until registered again; an operand reaching past the range is */
+    float *old = dev_zeros((size_t)m * n);
+    H->gemm(H, 0, 1, m, n, k, 1.0f, x, k, w, k, 0.0f, old, n);
+    H->bf16_weights(H, w, (size_t)n * k);   /* exactly the first weight */
+    H->upload(H, w, fresh, nw * sizeof(float));
+    H->gemm(H, 0, 1, m, n, k, 1.0f, x, k, w, k, 0.0f, c, n);
+    CHECK_MSG(same_floats(c, old, (size_t)m * n), "a GEMM inside the registered range did not read the copy");
+    H->bf16_weights(H, x, 0);               /* forgetting another range keeps this one */
+    H->gemm(H, 0, 1, m, n, k, 1.0f, x, k, w, k, 0.0f, c, n);
+    CHECK_MSG(same_floats(c, old, (size_t)m * n), "forgetting another pointer dropped the registered range");
+    H->gemm(H, 0, 1, m, n + 1, k, 1.0f, x, k, w, k, 0.0f, c, n + 1);   /* one row past it */
+    H->bf16_weights(H, w, 0);
+    H->gemm(H, 0, 1, m, n + 1, k, 1.0f, x, k, w, k, 0.0f, c_plain, n + 1);
+    CHECK_MSG(same_floats(c, c_plain, (size_t)m * (n + 1)), "an operand reaching past the range read the stale copy");
+    CHECK_MSG(!same_floats(c_plain, old, (size_t)m * n), "new weights gave the old product: the test proves nothing");
+
+    /* fp32 tables ignore registration: after new weights, w gives what an
+     * unregistered copy of them gives */
+    F->bf16_weights(F, w, nw);
+    float *newer = host_rand(nw, -1, 1), *w2 = dev_from(newer, nw);
+    F->upload(F, w, newer, nw * sizeof(float));
+    F->gemm(F, 0, 1, m, n, k, 1.0f, x, k, w2, k, 0.0f, c_plain, n);
+    F->gemm(F, 0, 1, m, n, k, 1.0f, x, k, w, k, 0.0f, c, n);
+    CHECK_MSG(same_floats(c, c_plain, (size_t)m * n), "the fp32 table used registered weights");
+    F->bf16_weights(F, w, 0);
+    free(fresh), free(newer);
+    F->free(F, w2);
+    H->free(H, w), H->free(H, x), H->free(H, c_plain), H->free(H, c), H->free(H, old);
+}
+
 /* ---- embedding ------------------------------------------------------------ */
 
 struct emb_ctx {
@@ -803,6 +865,7 @@ int main(void)
     K = kernels_cpu();
     round_inputs = false;
     test_bf16();
+    test_bf16_weights();
     test_embedding();
     test_rmsnorm();
     test_rope();
