@@ -77,6 +77,33 @@ JSON
     [ "$(records json < "$TMP/t.mpk" | jq 'select(.event=="lm") | .tokens')" -le 384 ]
 }
 
+@test "evaluate: --precision bf16 scores close to fp32, recorded; its weights rounded once give the bits of rounding per GEMM" {
+    local args="--data $D/shards/val --seq-len 32 --batch 4 --suite $D/tasks/icl_tasks.yaml --limit 4 --per-item"
+    # shellcheck disable=SC2086
+    evaluate $args "$D/ckpt" > "$TMP/f.mpk" 2> /dev/null
+    # shellcheck disable=SC2086
+    evaluate $args --precision bf16 "$D/ckpt" > "$TMP/h.mpk" 2> /dev/null
+    # shellcheck disable=SC2086
+    UPC_BF16_WEIGHTS=0 evaluate $args --precision bf16 "$D/ckpt" > "$TMP/h0.mpk" 2> /dev/null
+    [ "$(records json < "$TMP/f.mpk" | jq -r 'select(.event=="summary") | .precision')" = fp32 ]
+    [ "$(records json < "$TMP/h.mpk" | jq -r 'select(.event=="summary") | .precision')" = bf16 ]
+    f=$(records json < "$TMP/f.mpk" | jq -r 'select(.event=="lm") | .loss')
+    h=$(records json < "$TMP/h.mpk" | jq -r 'select(.event=="lm") | .loss')
+    awk -v a="$f" -v b="$h" 'BEGIN { d = (a - b) / a; exit !(a != b && d < 0.02 && d > -0.02) }' ||
+        { echo "fp32 loss $f, bf16 $h" >&2; return 1; }
+    # every score the same bits with the weights rounded per GEMM
+    scores() { records json < "$1" | jq -c 'select(.event=="lm" or .event=="item") | del(.wall_s)'; }
+    [ "$(scores "$TMP/h.mpk" | wc -l)" -gt 4 ]
+    diff <(scores "$TMP/h.mpk") <(scores "$TMP/h0.mpk")
+    run evaluate --data "$D/shards/val" --precision fp16 "$D/ckpt"
+    assert_status 64
+    assert_one_error_line evaluate
+    assert_output_contains "--precision fp16: expected fp32 or bf16"
+    run evaluate build --data "$D/shards/val" --tokenizer "$D/tok.json" --out "$TMP/b" --precision bf16
+    assert_status 64
+    [ ! -e "$TMP/b" ]
+}
+
 @test "evaluate: log-likelihoods and choices equal an independent pure-Python forward" {
     command -v python3 > /dev/null || skip "python3 not installed"
     # short items: the pure-Python forward is slow

@@ -90,6 +90,37 @@ load helpers
     assert_status 66
 }
 
+@test "serve-bench: --precision bf16 is recorded with its weight copy; greedy decode equals rounding per GEMM" {
+    serve-bench --shape tiny-moe8x2 --scale 50 --requests 2 --warmup 0 --concurrency 1 > "$TMP/f.mpk" 2> /dev/null
+    serve-bench --shape tiny-moe8x2 --scale 50 --requests 2 --warmup 0 --concurrency 1 --precision bf16 \
+        > "$TMP/h.mpk" 2> /dev/null
+    memory() { records json < "$1" | jq -c 'select(.event=="memory") | [.precision, .weight_bytes, .params]'; }
+    memory "$TMP/f.mpk" | jq -e '.[0] == "fp32" and .[1] == 4 * .[2]' > /dev/null
+    # the bf16 copy is the model's whole parameter buffer (padding included)
+    memory "$TMP/h.mpk" | jq -e '.[0] == "bf16" and .[1] >= 6 * .[2] and .[1] < 6 * .[2] + 65536' > /dev/null
+    # greedy and sampled continuations of a trained MoE checkpoint: the same
+    # text with the weights rounded once and rounded in every GEMM
+    corpus=/usr/share/games/fortunes/science
+    tokenize train --vocab-size 300 --split separator=% -o "$TMP/tok.json" "$corpus" 2> /dev/null
+    tokenize encode --tokenizer "$TMP/tok.json" --split separator=% -o "$TMP/t.mpk" "$corpus" 2> /dev/null
+    shard "$TMP/shards" "$TMP/t.mpk"
+    printf '{"architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 128, "num_attention_heads": 2, "num_hidden_layers": 2, "num_key_value_heads": 1, "tie_word_embeddings": true, "vocab_size": 300}\n' > "$TMP/c.json"
+    train --init "$TMP/c.json" --data "$TMP/shards/train" --tokenizer "$TMP/tok.json" --batch 4 --seq-len 32 \
+        --steps 20 --lr 1e-2 --out "$TMP/dense" > /dev/null 2>&1
+    upcycle --experts 4 --top-k 2 "$TMP/dense" "$TMP/moe" > /dev/null 2>&1
+    for t in 0 1; do
+        serve-bench generate --model "$TMP/moe" --prompt "The laws of physics" --max-tokens 24 --precision bf16 \
+            --temperature $t --seed 5 > "$TMP/once$t"
+        UPC_BF16_WEIGHTS=0 serve-bench generate --model "$TMP/moe" --prompt "The laws of physics" --max-tokens 24 \
+            --precision bf16 --temperature $t --seed 5 > "$TMP/each$t"
+        cmp "$TMP/once$t" "$TMP/each$t"
+        [ "$(wc -c < "$TMP/once$t")" -gt 24 ]
+    done
+    run serve-bench --shape tiny --precision int8
+    assert_status 64
+    assert_one_error_line serve-bench
+}
+
 @test "serve-bench: a full stdout is EX_IOERR" {
     run sh -c "serve-bench --shape tiny --scale 100 --requests 2 > /dev/full"
     assert_status 74

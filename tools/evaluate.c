@@ -49,6 +49,7 @@ static const char usage[] =
     "                       fewshot_random_seed, Foundry's 1234)\n"
     "  --threads N          CPU threads (default: OpenMP's choice)\n"
     "  --device NAME        cpu (default), cuda (when built with it) or auto\n"
+    "  --precision P        fp32 (default) or bf16: GEMM operands rounded to bf16\n"
     "  -h, --help           show this help\n"
     "  --version            show the version\n"
     "\n"
@@ -63,7 +64,7 @@ static const char usage[] =
     "Counts take suffixes K, M, G (x1000). See evaluate(1).\n";
 
 typedef struct {
-    const char *data, *suite, *gauntlet, *tokenizer, *out, *device;
+    const char *data, *suite, *gauntlet, *tokenizer, *out, *device, *precision;
     long long tokens, limit, seq_len, batch, seed, threads, max_items;
     bool force, per_item;
     const char **ckpts;
@@ -119,6 +120,8 @@ static void parse_args(int argc, char **argv, int first, options *o)
             o->threads = upc_parse_int(a, argv[++i], 1, 4096);
         } else if (strcmp(a, "--device") == 0 && more) {
             o->device = argv[++i];
+        } else if (strcmp(a, "--precision") == 0 && more) {
+            o->precision = argv[++i];
         } else if (a[0] == '-' && a[1]) {
             upc_usage_fail("unknown option or missing value: '%s'", a);
         } else {
@@ -136,7 +139,7 @@ static int build(const options *o)
     if (o->n_ckpts)
         upc_usage_fail("build takes no checkpoint ('%s')", o->ckpts[0]);
     if (o->suite || o->gauntlet || o->tokens || o->limit || o->per_item || o->seq_len || o->batch != 8 || o->threads ||
-        strcmp(o->device, "cpu") != 0)
+        strcmp(o->device, "cpu") != 0 || strcmp(o->precision, "fp32") != 0)
         upc_usage_fail("build takes --data, --tokenizer, --out, --max-items, --seed and --force only");
     struct stat st;
     if (lstat(o->out, &st) == 0 && !o->force)
@@ -226,7 +229,7 @@ static void load_model(evaluator *ev, const char *path)
     const char *why = mc_unsupported(&ev->cfg);
     if (why)
         upc_fail(EX_DATAERR, "%s: %s", path, why);
-    ev->m = model_create(upc_backend(ev->o->device), &ev->cfg);
+    ev->m = model_create(upc_backend_precision(upc_backend(ev->o->device), ev->o->precision), &ev->cfg);
     st_reader *r = st_open(path);
     model_load_weights(ev->m, r);
     st_close(r);
@@ -618,11 +621,12 @@ static void summary(evaluator *ev, const gauntlet *g)
     if (g)
         gauntlet_score(g, lookup_acc, ev, cats, &core);
     msgpack_packer *pk = &ev->rec->pk;
-    msgpack_pack_map(pk, 5 + 2 * ev->have_lm + 2 * (g != NULL));
+    msgpack_pack_map(pk, 6 + 2 * ev->have_lm + 2 * (g != NULL));
     mpk_pack_key_str(pk, "event", "summary");
     mpk_pack_key_str(pk, "model", ev->path);
     mpk_pack_key_int(pk, "params", p.total);
     mpk_pack_key_int(pk, "active_params", p.active);
+    mpk_pack_key_str(pk, "precision", ev->m->K->precision);
     mpk_pack_key_int(pk, "tasks", (int64_t)ev->n_results);
     if (ev->have_lm) {
         mpk_pack_key_double(pk, "lm_loss", ev->lm_loss);
@@ -651,7 +655,7 @@ int main(int argc, char **argv)
 {
     kernels_cpu_prepare_process(argv);
     upc_init("evaluate");
-    options o = {.batch = 8, .seed = -1, .device = "cpu"};
+    options o = {.batch = 8, .seed = -1, .device = "cpu", .precision = "fp32"};
     bool is_build = argc > 1 && strcmp(argv[1], "build") == 0;
     parse_args(argc, argv, is_build ? 2 : 1, &o);
     if (o.threads > 0)
@@ -669,7 +673,9 @@ int main(int argc, char **argv)
         upc_usage_fail("--gauntlet needs --suite");
     if (o.tokenizer || o.out || o.max_items || o.force)
         upc_usage_fail("--tokenizer, --out, --max-items and --force belong to `evaluate build`");
-    upc_backend(o.device);   /* a device that is not there fails here, before any output */
+    /* a device that is not there, or a precision no backend has, fails
+     * here, before any output */
+    upc_backend_precision(upc_backend(o.device), o.precision);
     icl_suite suite = {0};
     gauntlet g = {0};
     if (o.suite)

@@ -62,6 +62,7 @@ static const char usage[] =
     "  --per-request        also a request record per request\n"
     "  --threads N          CPU threads (default: OpenMP's choice)\n"
     "  --device NAME        cpu (default), cuda (when built with it) or auto\n"
+    "  --precision P        fp32 (default) or bf16: GEMM operands rounded to bf16\n"
     "generate:\n"
     "  --prompt TEXT        the prompt (default: read stdin)\n"
     "  --max-tokens N       tokens to generate (default 64)\n"
@@ -69,7 +70,7 @@ static const char usage[] =
     "  --version            show the version\n";
 
 typedef struct {
-    const char *model, *shape, *prompt_len, *output_len, *rates, *concurrency, *prompt, *device;
+    const char *model, *shape, *prompt_len, *output_len, *rates, *concurrency, *prompt, *device, *precision;
     double scale, burstiness, temperature, top_p;
     long long requests, warmup, seed, block_size, max_seqs, max_batch_tokens, threads, max_tokens;
     unsigned long long kv_memory;
@@ -156,6 +157,8 @@ static void parse_args(int argc, char **argv, int first, options *o)
             o->threads = upc_parse_int(a, argv[++i], 1, 4096);
         } else if (strcmp(a, "--device") == 0) {
             o->device = argv[++i];
+        } else if (strcmp(a, "--precision") == 0) {
+            o->precision = argv[++i];
         } else if (strcmp(a, "--max-tokens") == 0) {
             o->max_tokens = upc_parse_int(a, argv[++i], 1, 1 << 20);
         } else if (strcmp(a, "--kv-memory") == 0) {
@@ -200,7 +203,9 @@ static void load(loaded *L, const options *o)
 /* The weights: the checkpoint's, or random ones drawn with --seed. */
 static void load_weights(loaded *L, const options *o)
 {
-    L->m = model_create(upc_backend(o->device), &L->cfg);
+    L->m = model_create(upc_backend_precision(upc_backend(o->device), o->precision), &L->cfg);
+    if (L->m->round_weights)   /* and their bf16 copy, what the GEMMs read */
+        L->weight_bytes += L->m->n_floats * sizeof(uint16_t);
     if (o->model) {
         st_reader *r = st_open(o->model);
         model_load_weights(L->m, r);
@@ -469,10 +474,11 @@ static void pack_memory(mpk_writer *w, const loaded *L, const engine *e, int max
 {
     msgpack_packer *pk = &w->pk;
     mc_params p = mc_param_count(&L->cfg);
-    msgpack_pack_map(pk, 11);
+    msgpack_pack_map(pk, 12);
     mpk_pack_key_str(pk, "event", "memory");
     mpk_pack_key_str(pk, "label", L->label);
     mpk_pack_key_str(pk, "device", upc_backend_describe(L->m->K));
+    mpk_pack_key_str(pk, "precision", L->m->K->precision);
     mpk_pack_key_int(pk, "params", p.total);
     mpk_pack_key_int(pk, "active_params", p.active);
     mpk_pack_key_uint(pk, "weight_bytes", L->weight_bytes);
@@ -488,14 +494,16 @@ int main(int argc, char **argv)
 {
     kernels_cpu_prepare_process(argv);
     upc_init("serve-bench");
-    options o = {.device = "cpu", .prompt_len = "3500", .output_len = "300", .scale = 1, .burstiness = 1, .top_p = 1,
+    options o = {.device = "cpu", .precision = "fp32", .prompt_len = "3500", .output_len = "300", .scale = 1, .burstiness = 1, .top_p = 1,
                  .requests = 32, .warmup = 2, .block_size = 16, .max_seqs = 64, .max_batch_tokens = 512,
                  .max_tokens = 64, .kv_memory = 1ULL << 30};
     bool gen = argc > 1 && strcmp(argv[1], "generate") == 0;
     parse_args(argc, argv, gen ? 2 : 1, &o);
     if (o.threads)
         omp_set_num_threads((int)o.threads);
-    upc_backend(o.device);   /* a device that is not there fails here, before the weights */
+    /* a device that is not there, or a precision no backend has, fails
+     * here, before the weights */
+    upc_backend_precision(upc_backend(o.device), o.precision);
     if (gen) {
         if (o.rates || o.concurrency || o.per_request || o.requests != 32 || o.warmup != 2 || o.scale != 1 ||
             o.burstiness != 1 || strcmp(o.prompt_len, "3500") || strcmp(o.output_len, "300"))
