@@ -12,7 +12,9 @@
  *                                          CONTEXT-token prefill: tokens/s and
  *                                          GB/s (weights + KV read per token)
  *                                          against a device-to-device copy's
- *                                          GB/s measured in the same process
+ *                                          GB/s measured in the same process;
+ *                                          PRECISION=bf16: weights read from
+ *                                          their bf16 copy (2 bytes each)
  * SHAPE is a lib/shapes.h name (436m, 436m-moe8x2, ...), random weights. */
 #include "bench.h"
 #include "backend.h"
@@ -113,6 +115,7 @@ static double copy_gbs(const upc_kernels *K, size_t bytes)
 static void bench_decode(const char *name, int context, int steps)
 {
     const upc_kernels *K = cuda_or_skip();
+    K = upc_backend_precision(K, getenv("PRECISION") ? getenv("PRECISION") : "fp32");
     model_config cfg;
     shape(name, &cfg);
     model *m = model_create(K, &cfg);
@@ -146,15 +149,15 @@ static void bench_decode(const char *name, int context, int steps)
     }
     double step_s = median(t, steps);
     mc_params p = mc_param_count(&cfg);
-    /* bytes a decode step must read: the active weights (fp32) and the KV
-     * cache up to the current length */
+    /* bytes a decode step must read: the active weights (fp32, or their
+     * bf16 copy) and the KV cache up to the current length */
     double kv = (double)engine_kv_bytes_per_token(m) * (context + steps / 2);
-    double weights = (double)p.active * 4.0;
+    double weights = (double)p.active * (m->round_weights ? 2.0 : 4.0);
     double gbs = (weights + kv) / step_s * 1e-9;
     double copy = copy_gbs(K, (size_t)1 << 30);
-    printf("shape=%s active_params=%lld context=%d step_ms=%.3f tokens_per_s=%.1f read_gb_per_token=%.3f gbs=%.1f "
+    printf("shape=%s precision=%s active_params=%lld context=%d step_ms=%.3f tokens_per_s=%.1f read_gb_per_token=%.3f gbs=%.1f "
            "copy_gbs=%.1f ratio=%.3f\n",
-           name, (long long)p.active, context, step_s * 1e3, 1.0 / step_s, (weights + kv) * 1e-9, gbs, copy, gbs / copy);
+           name, K->precision, (long long)p.active, context, step_s * 1e3, 1.0 / step_s, (weights + kv) * 1e-9, gbs, copy, gbs / copy);
     free(t), free(lg), free(ids), free(seqs), free(want);
     engine_free(e);
     model_free(m);
