@@ -54,9 +54,10 @@ GPU_ARCH  ?= sm_90
 NVCC_FLAGS := -O2 -arch=$(GPU_ARCH) -Ilib -Xcompiler -Wall,-Wextra,-Wshadow,-Wno-unused-parameter \
 	$(if $(filter -Werror,$(WARN)),-Werror all-warnings)
 # Tools and unit tests link the GPU library: lib/backend.c refers to
-# kernels_cuda weakly, --undefined pulls it in; libupcyc.a again after it
+# kernels_cuda and kernels_cuda_allreduce_sum weakly, --undefined pulls them in; libupcyc.a again after it
 # for what the GPU code calls (upc_fail).
-ALL_LDFLAGS += -Wl,--undefined=kernels_cuda
+GPU_UNDEFINED := -Wl,--undefined=kernels_cuda -Wl,--undefined=kernels_cuda_allreduce_sum
+ALL_LDFLAGS += $(GPU_UNDEFINED)
 GPU_SYSLIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 GPU_LDLIBS  := $(BUILD)/libupcyc.a $(GPU_SYSLIBS)
 endif
@@ -69,7 +70,7 @@ $(BUILD)/flags.sh: Makefile | $(BUILD)/lib
 	printf "UPCYC_CFLAGS='%s'\nUPCYC_LIBS='%s'\nUPCYC_GPU_LIBS='%s'\n" \
 	    "-std=c11 -D_GNU_SOURCE -O2 -fopenmp -pthread -I$(abspath lib) $(BLAS_CFLAGS)" \
 	    "$(abspath $(BUILD))/libupcyc.a $(LDLIBS)" \
-	    "-Wl,--undefined=kernels_cuda $(addprefix $(abspath $(BUILD))/,libupcyc.a libupcyc_gpu.a libupcyc.a) $(LDLIBS) $(GPU_SYSLIBS)" > $@
+	    "$(GPU_UNDEFINED) $(addprefix $(abspath $(BUILD))/,libupcyc.a libupcyc_gpu.a libupcyc.a) $(LDLIBS) $(GPU_SYSLIBS)" > $@
 
 $(BUILD)/%.o: %.c $(wildcard lib/*.h) $(wildcard tests/unit/*.h) | $(BUILD)/lib $(BUILD)/tools $(BUILD)/tests/unit
 	$(CC) $(ALL_CFLAGS) -c $< -o $@

@@ -1,7 +1,9 @@
-/* backend.c: the backend by name. kernels_cuda is a weak reference: in a
- * build without CUDA it stays NULL and "cuda" is refused with a reason; a
- * CUDA build links build/libupcyc_gpu.a with -Wl,--undefined=kernels_cuda,
- * which pulls the definition in (see backend.h). */
+/* backend.c: the backend by name, and the all-reduce of a backend's
+ * buffer. kernels_cuda is a weak reference: in a build without CUDA it
+ * stays NULL and "cuda" is refused with a reason; a CUDA build links
+ * build/libupcyc_gpu.a with -Wl,--undefined=kernels_cuda (and
+ * kernels_cuda_allreduce_sum), which pulls the definitions in (see
+ * backend.h). */
 #include "backend.h"
 #include "util.h"
 
@@ -11,6 +13,7 @@
 #pragma weak kernels_cuda
 #pragma weak kernels_cuda_bf16
 #pragma weak kernels_cuda_device_name
+#pragma weak kernels_cuda_allreduce_sum
 
 bool upc_backend_has_cuda(void)
 {
@@ -86,4 +89,16 @@ const upc_kernels *upc_backend(const char *name)
     if (!K)
         upc_fail(EX_USAGE, "--device %s: %s", name, why);
     return K;
+}
+
+void upc_backend_allreduce_sum(const upc_kernels *K, float *x, size_t n, const upc_collectives *c)
+{
+    if (strcmp(K->name, "cpu") == 0) {
+        if (c->world > 1)
+            c->sum_f32(x, n);
+        return;
+    }
+    if (!kernels_cuda_allreduce_sum)
+        upc_fail(EX_SOFTWARE, "allreduce: no %s backend in this build", K->name);
+    kernels_cuda_allreduce_sum(x, n, c);
 }

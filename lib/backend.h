@@ -6,8 +6,9 @@
  * "auto" is CUDA when this build has it and a device answers, else the CPU.
  * The CUDA backend lives in gpu/ (build/libupcyc_gpu.a); it is linked into
  * the tools only when built with CUDA=1, so libupcyc.a never needs it: the
- * reference to kernels_cuda here is weak, and the Makefile forces the GPU
- * library's definition in (-Wl,--undefined=kernels_cuda) when it links it. */
+ * references to kernels_cuda and kernels_cuda_allreduce_sum here are weak,
+ * and the Makefile forces the GPU library's definitions in
+ * (-Wl,--undefined=...) when it links it. */
 #ifndef UPCYC_BACKEND_H
 #define UPCYC_BACKEND_H
 
@@ -15,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* The backend for name, or fail (EX_USAGE) with one line: an unknown name,
  * "upcyc was built without CUDA (rebuild with make CUDA=1)", or
@@ -39,6 +41,24 @@ const char *upc_backend_names(void);
  * 139.8 GiB)". */
 const char *upc_backend_describe(const upc_kernels *K);
 
+/* The host collectives of a data-parallel job (train passes dist.h's),
+ * handed to the backend so that the kernel libraries never link MPI. */
+typedef struct {
+    int rank, world;
+    void (*sum_f32)(float *buf, size_t n);       /* in place, over every rank */
+    void (*sum_i64)(int64_t *buf, size_t n);
+    void (*broadcast)(void *buf, size_t n, int root);
+} upc_collectives;
+
+/* Sum backend K's buffer x[0..n) over the job's processes, in place, the
+ * same result on every process; nothing in a world of one. CPU: c's host
+ * sum on x. CUDA: an NCCL all-reduce of the device buffer when every
+ * process can load libnccl.so.2 (at the first call, which decides for the
+ * job; rank 0 says on stderr when it cannot), else a copy through pinned
+ * host memory and c's sum. UPC_NCCL=0 never uses NCCL; UPC_NCCL=1 requires
+ * it, even in a world of one (a test on one GPU). */
+void upc_backend_allreduce_sum(const upc_kernels *K, float *x, size_t n, const upc_collectives *c);
+
 /* Defined by gpu/ (CUDA builds only): the CUDA backend, or NULL with the
  * reason (no device, no driver) in why[n]. Call through upc_backend. */
 const upc_kernels *kernels_cuda(char *why, size_t n);
@@ -47,5 +67,7 @@ const upc_kernels *kernels_cuda_bf16(void);
 /* "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)" once kernels_cuda succeeded
  * (gpu/ only: call upc_backend_describe). */
 const char *kernels_cuda_device_name(void);
+/* upc_backend_allreduce_sum on a CUDA buffer (gpu/ only). */
+void kernels_cuda_allreduce_sum(float *x, size_t n, const upc_collectives *c);
 
 #endif

@@ -96,3 +96,11 @@ run_gpu() {
     assert_status 0
     assert_output_contains "test_gpu_model decode: all"
 }
+
+@test "NCCL all-reduce: a communicator of one sums a device buffer in place (needs a GPU and libnccl.so.2)" {
+    require_unit test_gpu_backend
+    run "$UPCYC_UNIT/test_gpu_backend" nccl
+    [ "$status" -ne 77 ] || skip "$output"
+    assert_status 0
+    assert_output_contains "a communicator of one leaves the buffer as it was"
+}

@@ -329,7 +329,6 @@ typedef struct {
     bool tty;
     bool saved;                   /* the checkpoint in --out is this run's or its parent's */
     int rank, world;              /* this process in the data-parallel job (dist.h) */
-    float *grads_host;            /* staging for summing a device backend's gradients */
     bool root;                    /* rank 0: writes records and checkpoints, validates */
 } run;
 
@@ -692,6 +691,16 @@ static void split_batch(run *r, bool micro_given, const json_t *stored)
                       o->resume ? "; a resume keeps the run's micro-batch unless given" : "", upc_progname);
 }
 
+static void dist_sum_f32(float *buf, size_t n)
+{
+    dist_allreduce_sum(buf, n, DIST_F32);
+}
+
+static void dist_sum_i64(int64_t *buf, size_t n)
+{
+    dist_allreduce_sum(buf, n, DIST_I64);
+}
+
 /* What the processes share after their micro-batches: the gradients (summed),
  * the loss parts, target tokens and expert counts (summed, for the records),
  * and, agreed by maximum, a stop signal any of them received. Every process
@@ -699,17 +708,10 @@ static void split_batch(run *r, bool micro_given, const json_t *stored)
 static int share_step(run *r, model_loss *sum, long long *step_tokens)
 {
     model *m = r->m;
-    if (strcmp(m->K->name, "cpu") == 0) {
-        dist_allreduce_sum(m->grads, m->n_floats, DIST_F32);
-    } else {
-        /* device gradients go through host memory (an NCCL all-reduce of the
-         * device buffer would skip the two copies) */
-        if (!r->grads_host)
-            r->grads_host = upc_malloc(m->n_floats * sizeof(float));
-        m->K->download(m->K, r->grads_host, m->grads, m->n_floats * sizeof(float));
-        dist_allreduce_sum(r->grads_host, m->n_floats, DIST_F32);
-        m->K->upload(m->K, m->grads, r->grads_host, m->n_floats * sizeof(float));
-    }
+    /* on the device where the backend can (NCCL), else through host memory */
+    upc_collectives c = {.rank = dist_rank(), .world = dist_world(), .sum_f32 = dist_sum_f32,
+                         .sum_i64 = dist_sum_i64, .broadcast = dist_broadcast};
+    upc_backend_allreduce_sum(m->K, m->grads, m->n_floats, &c);
     double parts[5] = {sum->total, sum->ce, sum->lb, sum->z, (double)*step_tokens};
     dist_allreduce_sum(parts, 5, DIST_F64);
     *sum = (model_loss){.total = parts[0], .ce = parts[1], .lb = parts[2], .z = parts[3]};
@@ -975,7 +977,6 @@ int main(int argc, char **argv)
     free(R.targets);
     free(R.load);
     free(R.dropped);
-    free(R.grads_host);
     free(R.tokenizer_json);
     if (R.val)
         loader_close(R.val);
