@@ -112,6 +112,8 @@ static inline UPC_HD void upc_rope_pair(float *a, float *b, float cosv, float si
  * Start from m = -INFINITY, l = 0. */
 static inline UPC_HD void upc_softmax_step(float *m, float *l, float x)
 {
+    if (x == -INFINITY)   /* adds exp(-inf) = 0; -inf - -inf would be NaN while *m is -inf */
+        return;
     if (x > *m) {
         *l = *l * expf(*m - x) + 1.0f;
         *m = x;

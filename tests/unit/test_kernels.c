@@ -682,6 +682,12 @@ static void test_math(void)
     upc_softmax_merge(&am, &al, bm, bl);
     CHECK_MSG(fabs(am + log(al) - want) < 1e-5, "online softmax merge: lse %g want %g",
           am + log(al), want);
+    /* -inf (a masked logit) adds nothing, also as the first value */
+    float im = -INFINITY, il = 0.0f;
+    upc_softmax_step(&im, &il, -INFINITY);
+    upc_softmax_step(&im, &il, 2.0f);
+    upc_softmax_step(&im, &il, -INFINITY);
+    CHECK_MSG(im == 2.0f && il == 1.0f, "online softmax with -inf: m %g l %g, want 2 and 1", im, il);
     for (double x = -6; x <= 6; x += 0.75) {
         double h = 1e-3, num = (upc_silu((float)(x + h)) - upc_silu((float)(x - h))) / (2 * h);
         CHECK_MSG(fabs(num - upc_silu_grad((float)x)) < 1e-3, "silu_grad at %g: %g vs %g", x,
