@@ -42,7 +42,8 @@
 #                            reads: tokenizer.json, tiktoken ranks, GPT-2 files)
 #                            instead of training one
 #   DEVICE=cpu|cuda|auto     the backend of train, evaluate and serve-bench
-#   PRECISION=fp32|bf16      train's GEMM precision (default fp32; paper: bf16)
+#   PRECISION=fp32|bf16      the GEMM precision of train, evaluate and
+#                            serve-bench (default fp32; paper: bf16)
 #   MICRO_BATCH=M            train's --micro-batch (sequences per forward per
 #                            process; default all of a process's share; paper: 4)
 #   LAUNCH="mpirun -np 8"    how train runs (data-parallel processes)
@@ -345,13 +346,13 @@ for f in $FRACTIONS; do
     models="$models $OUT/runs/cpt-$f $OUT/runs/upcycled-$f"
 done
 # shellcheck disable=SC2086
-step evaluate sh -c "evaluate --device $DEVICE --data '$OUT/shards-cpt/val' --suite '$OUT/tasks/icl_tasks.yaml' \
+step evaluate sh -c "evaluate --device $DEVICE --precision $PRECISION --data '$OUT/shards-cpt/val' --suite '$OUT/tasks/icl_tasks.yaml' \
     --gauntlet '$OUT/tasks/eval_gauntlet.yaml' --limit $EVAL_LIMIT --seq-len $EVAL_SEQ $models > '$OUT/eval/evaluate.mpk'"
 
 serve_models="dense moe0-top1"
 [ "$TOPK" = 1 ] || serve_models="$serve_models moe0-top$TOPK"
 for m in $serve_models; do
-    step "serve-$m" sh -c "serve-bench --device $DEVICE --model '$OUT/runs/$m' --scale $SERVE_SCALE \
+    step "serve-$m" sh -c "serve-bench --device $DEVICE --precision $PRECISION --model '$OUT/runs/$m' --scale $SERVE_SCALE \
         --requests $SERVE_REQUESTS --rates $RATES --kv-memory $KV_MEMORY > '$OUT/serve/$m.mpk'"
 done
 

@@ -243,7 +243,7 @@ EOF
     [ ! -e "$TMP/s/shards-pre" ] && [ ! -e "$TMP/s/steps/shards-pretrain" ]
 }
 
-@test "study: LAUNCH, PRECISION and MICRO_BATCH reach every training step" {
+@test "study: LAUNCH, PRECISION and MICRO_BATCH reach every training step; PRECISION evaluate and serve-bench too" {
     require_gnuplot
     command -v mpirun > /dev/null || skip "mpirun is not installed (openmpi-bin)"
     run env SCALE=micro OUT="$TMP/m" BIN="$UPCYC_BIN" DENSE_STEPS=4 FRACTIONS=50 RATES=inf \
@@ -255,6 +255,11 @@ EOF
         [ "$(records json "$TMP/m/runs/$run.mpk" | jq -s -c 'map(select(.event == "train_start")) | first | [.world_size, .precision]')" = '[2,"bf16"]' ] ||
             { echo "$run did not run in 2 processes on bf16 GEMMs" >&2; return 1; }
         [ "$(jq '.settings["micro-batch"]' "$TMP/m/runs/$run/trainer_state.json")" = 1 ]
+    done
+    [ "$(records json "$TMP/m/eval/evaluate.mpk" | jq -r 'select(.event == "summary") | .precision' | sort -u)" = bf16 ]
+    for m in dense moe0-top1 moe0-top2; do
+        [ "$(records json "$TMP/m/serve/$m.mpk" | jq -r 'select(.event == "memory") | .precision')" = bf16 ] ||
+            { echo "serve-$m did not serve bf16" >&2; return 1; }
     done
     grep -q "(train: mpirun -np 2); bf16 GEMMs" "$TMP/m/report.md"
 }
