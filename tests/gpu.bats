@@ -66,6 +66,15 @@ run_gpu() {
     assert_output_contains "test_gpu_kernels: all"
 }
 
+@test "CUDA: the bf16 grouped GEMMs on cuBLAS per expert (UPC_GROUPED=cublas) match the CPU too" {
+    require_unit test_gpu_kernels
+    UPC_GROUPED=cublas run_gpu "$UPCYC_UNIT/test_gpu_kernels" --grouped
+    echo "$output"
+    assert_status 0
+    assert_output_contains "# bf16 grouped GEMMs (UPC_GROUPED=cublas)"
+    assert_output_contains "test_gpu_kernels --grouped: all"
+}
+
 @test "CUDA: bad data seen only on the device fails the tool naming the kernel" {
     require_unit test_gpu_kernels
     run_gpu "$UPCYC_UNIT/test_gpu_kernels" --bad-id
@@ -73,7 +82,7 @@ run_gpu() {
     assert_output_contains "test_gpu_kernels: cuda: embedding_fwd: token id out of range"
 }
 
-@test "CUDA: a training step (dense, MoE 8x2, MoE with capacity and jitter, MoE on bf16 GEMMs) matches the CPU: loss and gradients" {
+@test "CUDA: a training step (dense, MoE 8x2, MoE with capacity and jitter, MoE and dense on bf16 GEMMs) matches the CPU: loss and gradients" {
     require_unit test_gpu_model
     run_gpu "$UPCYC_UNIT/test_gpu_model" step "$CONFIG"
     echo "$output"

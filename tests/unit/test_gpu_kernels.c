@@ -12,6 +12,8 @@
  *                               reason on stdout)
  *   test_gpu_kernels --bad-id   an out-of-range token id: must fail with
  *                               EX_SOFTWARE naming embedding_fwd
+ *   test_gpu_kernels --grouped  the bf16 grouped GEMMs only (with
+ *                               UPC_GROUPED=cublas: cuda_gemm.cu's path)
  *   test_gpu_kernels --cpu      the CPU against itself (runs anywhere):
  *                               checks the harness, every error must be 0 */
 #include "attention_gemm.h"
@@ -200,20 +202,32 @@ static const char *kname(const char *base)
     return name;
 }
 
-static void test_gemm(int ta, int tb, int m, int n, int k, int pad, float alpha, float beta)
+/* With `registered`, B is registered with bf16_weights on both sides first
+ * (what the model does with its parameters): read from the rounded copy at
+ * its own leading dimension. */
+static void test_gemm_on(int ta, int tb, int m, int n, int k, int pad, float alpha, float beta, bool registered)
 {
     int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
     lda = lda > 0 ? lda : 1, ldb = ldb > 0 ? ldb : 1;
     size_t na = (size_t)(ta ? k : m) * (lda ? lda : 1), nb = (size_t)(tb ? n : k) * (ldb ? ldb : 1),
            nc = (size_t)m * ldc;
     twin A = tw_rand(na, -1, 1), B = tw_rand(nb, -1, 1), Cm = beta == 0 ? tw_fill(nc, NAN) : tw_rand(nc, -1, 1);
+    if (registered)
+        BOTH KK->bf16_weights(KK, P(B), nb);
     BOTH KK->gemm(KK, ta, tb, m, n, k, alpha, P(A), lda, P(B), ldb, beta, P(Cm), ldc);
+    if (registered)
+        BOTH KK->bf16_weights(KK, P(B), 0);
     char shape[96];
-    snprintf(shape, sizeof shape, "%c%c %dx%dx%d ld+%d a=%g b=%g%s", ta ? 't' : 'n', tb ? 't' : 'n', m, n, k, pad,
-             alpha, beta, beta == 0 ? "(NaN C)" : "");
+    snprintf(shape, sizeof shape, "%c%c %dx%dx%d ld+%d a=%g b=%g%s%s", ta ? 't' : 'n', tb ? 't' : 'n', m, n, k, pad,
+             alpha, beta, beta == 0 ? "(NaN C)" : "", registered ? " B registered" : "");
     /* fp32 sums of k terms in another order: absolute error grows like sqrt(k) */
     compare(kname("gemm"), shape, Cm, 1e-5 * fmax(1.0, sqrt(k / 32.0)), 1e-4);
     tw_free(A), tw_free(B), tw_free(Cm);
+}
+
+static void test_gemm(int ta, int tb, int m, int n, int k, int pad, float alpha, float beta)
+{
+    test_gemm_on(ta, tb, m, n, k, pad, alpha, beta, false);
 }
 
 static void test_gemm_batched(int ta, int tb, int m, int n, int k, int batch)
@@ -231,7 +245,7 @@ static void test_gemm_batched(int ta, int tb, int m, int n, int k, int batch)
 
 /* E = 8 groups of `counts` rows: small (one tile of the bf16 device
  * kernels) and large (several tiles, partial ones at every edge) */
-static void test_grouped(int n, int k, const int32_t counts[8])
+static void test_grouped_on(int n, int k, const int32_t counts[8], bool registered)
 {
     const int E = 8;
     int32_t offs[9] = {0};
@@ -240,13 +254,15 @@ static void test_grouped(int n, int k, const int32_t counts[8])
     int R = offs[E];
     twin_i O = tw_ids(offs, E + 1);
     char shape[80];
-    snprintf(shape, sizeof shape, "E=8 R=%d n=%d k=%d", R, n, k);
+    snprintf(shape, sizeof shape, "E=8 R=%d n=%d k=%d%s", R, n, k, registered ? " W registered" : "");
     int inner = n > k ? n : k;   /* the longest fp32 sum (dw sums over a group's rows) */
     for (int e = 0; e < E; e++)
         inner = counts[e] > inner ? counts[e] : inner;
     double atol = 1e-5 * fmax(1.0, sqrt(inner / 32.0));
     twin X = tw_rand((size_t)R * k, -1, 1), W = tw_rand((size_t)E * n * k, -1, 1), Y = tw_fill((size_t)R * n, NAN);
     twin dY = tw_rand((size_t)R * n, -1, 1), dX = tw_rand((size_t)R * k, -1, 1), dW = tw_rand((size_t)E * n * k, -1, 1);
+    if (registered)   /* the expert weights, as the model registers them */
+        BOTH KK->bf16_weights(KK, P(W), (size_t)E * n * k);
     BOTH KK->grouped_gemm_fwd(KK, E, P(O), n, k, P(X), P(W), 0.0f, P(Y));
     compare(kname("grouped_gemm_fwd"), shape, Y, atol, 1e-4);
     BOTH KK->grouped_gemm_dx(KK, E, P(O), n, k, P(dY), P(W), 1.0f, P(dX));
@@ -255,8 +271,21 @@ static void test_grouped(int n, int k, const int32_t counts[8])
     compare(kname("grouped_gemm_dw"), shape, dW, atol, 1e-4);
     BOTH KK->grouped_gemm_dw(KK, E, P(O), n, k, P(dY), P(X), 0.0f, P(dW));
     compare(kname("grouped_gemm_dw"), shape, dW, atol, 1e-4);
+    if (registered)
+        BOTH KK->bf16_weights(KK, P(W), 0);
     tw_free_i(O);
     tw_free(X), tw_free(W), tw_free(Y), tw_free(dY), tw_free(dX), tw_free(dW);
+}
+
+static const int32_t groups_small[8] = {5, 0, 17, 1, 0, 9, 3, 0}, groups_large[8] = {150, 0, 64, 1, 200, 65, 0, 7};
+
+/* Every grouped shape, plain and (bf16 tables) with W registered. */
+static void test_grouped(void)
+{
+    for (int registered = 0; registered <= upc_kernels_bf16(C); registered++) {
+        test_grouped_on(24, 13, groups_small, registered);
+        test_grouped_on(130, 200, groups_large, registered);
+    }
 }
 
 /* ---- layers --------------------------------------------------------------------- */
@@ -637,6 +666,20 @@ int main(int argc, char **argv)
     }
     if (argc > 1 && strcmp(argv[1], "--bad-id") == 0)
         bad_id();
+    if (argc > 1 && strcmp(argv[1], "--grouped") == 0) {
+        /* the bf16 grouped GEMMs only: run with UPC_GROUPED=cublas for
+         * cuda_gemm.cu's per-expert path (the default is cuda_grouped.cu's) */
+        C = upc_backend_precision(C, "bf16");
+        G = upc_backend_precision(G, "bf16");
+        printf("# bf16 grouped GEMMs (UPC_GROUPED=%s)\n", getenv("UPC_GROUPED") ? getenv("UPC_GROUPED") : "");
+        test_grouped();
+        if (failures) {
+            printf("test_gpu_kernels --grouped: %d of %d checks failed\n", failures, checks);
+            return 1;
+        }
+        printf("test_gpu_kernels --grouped: all %d checks passed\n", checks);
+        return 0;
+    }
     if (self)
         printf("# the CPU backend against itself (harness check)\n");
     else
@@ -655,14 +698,17 @@ int main(int argc, char **argv)
         test_gemm(0, 0, 7, 9, 0, 1, 1.0f, 2.0f);
         test_gemm_batched(0, 1, 17, 11, 23, 3);
         test_gemm_batched(1, 0, 17, 11, 23, 2);
-        static const int32_t small[8] = {5, 0, 17, 1, 0, 9, 3, 0}, large[8] = {150, 0, 64, 1, 200, 65, 0, 7};
-        test_grouped(24, 13, small);
-        test_grouped(130, 200, large);
+        if (bf16) {
+            test_gemm_on(0, 1, 37, 53, 19, 3, 1.0f, 0.0f, true);
+            test_gemm_on(0, 1, 1, 300, 129, 0, 1.0f, 1.0f, true);   /* decode's shape */
+        }
+        test_grouped();
     }
     C = fp32[0], G = fp32[1];
     test_embedding();
     test_rmsnorm(19, 257);
     test_rmsnorm(3, 4096);
+    test_rmsnorm(130, 257);   /* several 64-row chunks of the dw sum */
     test_rope();
     test_swiglu();
     test_jitter();
@@ -673,13 +719,17 @@ int main(int argc, char **argv)
     test_attention(1, 129, 8, 2, 64);
     test_attention(1, 33, 2, 1, 130);
     test_attention(3, 1, 2, 2, 8);
+    test_attention(1, 64, 4, 4, 128);   /* the template bounds, and at 256 */
+    test_attention(1, 40, 2, 1, 256);   /* the largest shared-memory opt-in */
     test_paged(4, 2, 40, 5);
     test_paged(8, 1, 128, 16);
     test_cross_entropy(9, 1000);
     test_cross_entropy(5, 32003);
+    test_cross_entropy(6, 100);         /* fewer columns than threads */
     test_moe(45, 8, 2, 33, 1, 3);
     test_moe(45, 8, 2, 17, 0, 5);
     test_moe(30, 6, 1, 9, 1, 2);
+    test_moe(1000, 8, 2, 300, 1, 200);  /* strided loops that run more than once */
     test_optim();
     if (failures) {
         printf("test_gpu_kernels: %d of %d checks failed\n", failures, checks);

@@ -30,9 +30,21 @@ static const upc_kernels *C, *G;
 
 enum { B = 2, T = 48 };
 
+/* variant 3 is variant 1 on the bf16 tables: bf16 GEMMs on both sides (the
+ * CPU emulating them), so only summation order and the bf16 rounding of
+ * values it moves across a rounding boundary differ: looser tolerances.
+ * That rounding also flips near-tie top-k choices (with the weights moved
+ * by 1-2 fp32 ulps, a stand-in for the GPU's summation order, about half
+ * the runs flipped 1-4 of the 768 choices), after which the gradients are
+ * not comparable; variant 4, dense on the bf16 tables, has no routing, so
+ * the bf16 model path always gets its gradients checked. */
+enum { VARIANTS = 5, BF16_VARIANT = 3, DENSE_BF16_VARIANT = 4 };
+static const char *variant_name[VARIANTS] = {"dense", "moe-8x2", "moe-8x2-capacity1-jitter", "moe-8x2-bf16",
+                                             "dense-bf16"};
+
 static void make_config(const model_config *dense, int variant, model_config *out)
 {
-    if (variant == 0) {
+    if (variant == 0 || variant == DENSE_BF16_VARIANT) {
         mc_copy(out, dense);
         return;
     }
@@ -48,16 +60,15 @@ static void make_config(const model_config *dense, int variant, model_config *ou
     }
 }
 
-/* variant 3 is variant 1 on the bf16 tables: bf16 GEMMs on both sides (the
- * CPU emulating them), so only summation order and the bf16 rounding of
- * values it moves across a rounding boundary differ: looser tolerances */
-enum { VARIANTS = 4, BF16_VARIANT = 3 };
-static const char *variant_name[VARIANTS] = {"dense", "moe-8x2", "moe-8x2-capacity1-jitter", "moe-8x2-bf16"};
+static bool is_bf16(int variant)
+{
+    return variant == BF16_VARIANT || variant == DENSE_BF16_VARIANT;
+}
 
 /* The CPU and CUDA tables a variant runs on. */
 static void tables(int variant, const upc_kernels **c, const upc_kernels **g)
 {
-    const char *p = variant == BF16_VARIANT ? "bf16" : "fp32";
+    const char *p = is_bf16(variant) ? "bf16" : "fp32";
     *c = upc_backend_precision(C, p);
     *g = upc_backend_precision(G, p);
 }
@@ -88,7 +99,10 @@ static void step_variant(const model_config *dense, int variant)
     const upc_kernels *kc, *kg;
     tables(variant, &kc, &kg);
     model *mc = model_create(kc, &cfg), *mg = model_create(kg, &cfg);
-    double loss_tol = variant == BF16_VARIANT ? 1e-4 : 1e-5, grad_tol = variant == BF16_VARIANT ? 1e-2 : 1e-3;
+    /* bf16: seen (see above) loss 5e-5, aux losses 5e-4 (relative), gradients
+     * 8e-3 (relative L2) apart with identical routing: some margin */
+    bool bf16 = is_bf16(variant);
+    double loss_tol = bf16 ? 1e-4 : 1e-5, grad_tol = bf16 ? 3e-2 : 1e-3, aux_tol = bf16 ? 2e-3 : 0;
     model_init_weights(mc, 7);
     model_init_weights(mg, 7);
     int32_t ids[B * T], tg[B * T];
@@ -104,7 +118,9 @@ static void step_variant(const model_config *dense, int variant)
            lg.ce, lc.lb, lg.lb, lc.z, lg.z);
     CHECK_MSG(rel(lg.total, lc.total) < loss_tol, "%s: loss cuda %.8g cpu %.8g", name, lg.total, lc.total);
     CHECK_MSG(rel(lg.ce, lc.ce) < loss_tol, "%s: ce cuda %.8g cpu %.8g", name, lg.ce, lc.ce);
-    CHECK_MSG(fabs(lg.lb - lc.lb) < 1e-6 && fabs(lg.z - lc.z) < 1e-5 * (1 + fabs(lc.z)), "%s: aux losses differ", name);
+    CHECK_MSG(fabs(lg.lb - lc.lb) < fmax(1e-6, aux_tol * fabs(lc.lb)) &&
+                  fabs(lg.z - lc.z) < fmax(1e-5, aux_tol) * (1 + fabs(lc.z)),
+              "%s: aux losses differ", name);
     int routing_diff = 0;
     if (mc->n_moe_layers) {
         int32_t *rc = upc_malloc((size_t)B * T * mc->kk * 4), *rg = upc_malloc((size_t)B * T * mc->kk * 4);
@@ -121,9 +137,19 @@ static void step_variant(const model_config *dense, int variant)
         }
         printf("%s step: %d routing choices differ; dropped in layer 0: cpu %d cuda %d\n", name, routing_diff,
                mc->dropped_counts ? mc->dropped_counts[0] : 0, mg->dropped_counts ? mg->dropped_counts[0] : 0);
-        CHECK_MSG(routing_diff == 0, "%s: %d top-k choices differ (near ties?): gradients below may differ", name,
-                  routing_diff);
+        /* bf16: a few near ties may flip (see above), at most 1% of choices */
+        int routing_allowed = bf16 ? B * T * mc->kk * mc->n_moe_layers / 100 : 0;
+        CHECK_MSG(routing_diff <= routing_allowed, "%s: %d top-k choices differ (near ties?), %d allowed", name,
+                  routing_diff, routing_allowed);
         free(rc), free(rg);
+    }
+    if (routing_diff > 0 && bf16) {   /* differently routed tokens: gradients not comparable */
+        printf("skip %s step: gradients not compared: %d top-k choices flipped by bf16 rounding (the kernels and "
+               "dense-bf16 check them)\n",
+               name, routing_diff);
+        model_free(mc), model_free(mg);
+        mc_free(&cfg);
+        return;
     }
     model_backward(mc, 1.0f);
     model_backward(mg, 1.0f);
@@ -200,11 +226,15 @@ static void train_variant(const model_config *dense, int variant, int steps)
                    loss[1][s], r);
     }
     checks++;
-    bool ok = worst < 2e-3 && loss[0][steps - 1] < loss[0][0] && loss[1][steps - 1] < loss[1][0];
+    /* bf16: near-tie routing flips (see above) make the two runs drift
+     * apart (3.5e-2 by step 48 with weights 1 ulp apart), so only the
+     * gross check there */
+    double tol = is_bf16(variant) ? 1e-1 : 2e-3;
+    bool ok = worst < tol && loss[0][steps - 1] < loss[0][0] && loss[1][steps - 1] < loss[1][0];
     failures += !ok;
-    printf("%-4s %s train: %d steps, worst relative loss difference %.3e at step %d (tolerance 2e-3); "
+    printf("%-4s %s train: %d steps, worst relative loss difference %.3e at step %d (tolerance %.0e); "
            "loss %.4f -> %.4f (cpu), %.4f -> %.4f (cuda)\n",
-           ok ? "ok" : "FAIL", variant_name[variant], steps, worst, worst_step + 1, loss[0][0], loss[0][steps - 1],
+           ok ? "ok" : "FAIL", variant_name[variant], steps, worst, worst_step + 1, tol, loss[0][0], loss[0][steps - 1],
            loss[1][0], loss[1][steps - 1]);
     for (int w = 0; w < 2; w++) {
         optim_free(o[w]);
@@ -311,7 +341,7 @@ int main(int argc, char **argv)
     for (int v = 0; v < VARIANTS; v++) {
         if (strcmp(argv[1], "step") == 0)
             step_variant(&dense, v);
-        else if (strcmp(argv[1], "train") == 0 && v != 2)
+        else if (strcmp(argv[1], "train") == 0 && v != 2 && v != DENSE_BF16_VARIANT)
             train_variant(&dense, v, 50);
         else if (strcmp(argv[1], "decode") == 0 && v < 2)
             decode_variant(&dense, v);
