@@ -92,7 +92,10 @@ struct upc_kernels {
      * operands that lie inside w[0..n) from a copy of w rounded now, instead
      * of rounding them again on every call: weights used by many GEMMs are
      * rounded once per change, and decode reads half the bytes on a GPU.
-     * Results are the same bits either way. The caller registers again after
+     * The products are of the same rounded values either way (on the CPU the
+     * same bits; cuBLAS may pick another algorithm for another alignment or
+     * leading dimension, so on a GPU the fp32 sums' order may differ). The
+     * caller registers again after
      * anything writes w (model_params_changed does this for a model). One
      * range per backend: a new call replaces the last; n == 0 forgets the
      * range if it starts at w (another range is kept). Tables of precision

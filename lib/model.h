@@ -119,7 +119,7 @@ typedef struct model {
     /* bf16 tables: the backend holds a rounded copy of params (kernels.h
      * bf16_weights) as they are now; model_params_changed clears it, the
      * next forward makes it again. Off with UPC_BF16_WEIGHTS=0 (each GEMM
-     * then rounds its weights itself: the same bits, slower). */
+     * then rounds its weights itself: the same values, slower). */
     bool round_weights;
     bool weights_rounded;
 
