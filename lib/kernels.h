@@ -95,9 +95,8 @@ struct upc_kernels {
      * The products are of the same rounded values either way (on the CPU the
      * same bits; cuBLAS may pick another algorithm for another alignment or
      * leading dimension, so on a GPU the fp32 sums' order may differ). The
-     * caller registers again after
-     * anything writes w (model_params_changed does this for a model). One
-     * range per backend: a new call replaces the last; n == 0 forgets the
+     * caller registers again after anything writes w (model_params_changed
+     * does this for a model). One range per backend: a new call replaces the last; n == 0 forgets the
      * range if it starts at w (another range is kept). Tables of precision
      * fp32 ignore it. Fails (EX_OSERR) when the copy does not fit in memory. */
     void (*bf16_weights)(const upc_kernels *K, const float *w, size_t n);
