@@ -122,21 +122,27 @@ void cu_bf16_weights(const upc_kernels *K, const float *w, size_t n)
     cuda_after_launch(K, kernel);
 }
 
-/* The registered copy of `batch` matrices of rows x cols (leading dimension
- * ld, `stride` apart; every size > 0) when they lie inside the registered
- * weights, else NULL. */
-static const __nv_bfloat16 *registered_bf16(const upc_kernels *K, const float *X, int rows, int cols, int ld,
-                                            long long stride, int batch)
+const void *cuda_registered_bf16(const upc_kernels *K, const float *x, size_t span)
 {
     const cuda_ctx *c = CTX(K);
-    uintptr_t x = (uintptr_t)X, w = (uintptr_t)c->bf16_w;
-    if (!c->bf16_w || x < w || (x - w) % sizeof(float) != 0 || stride < 0)
+    uintptr_t p = (uintptr_t)x, w = (uintptr_t)c->bf16_w;
+    if (!c->bf16_w || p < w || (p - w) % sizeof(float) != 0)
         return NULL;
-    size_t at = (x - w) / sizeof(float);
-    size_t span = (size_t)(batch - 1) * (size_t)stride + (size_t)(rows - 1) * ld + cols;
+    size_t at = (p - w) / sizeof(float);
     if (at >= c->bf16_n || span > c->bf16_n - at)
         return NULL;
     return (const __nv_bfloat16 *)c->bf16_copy + at;
+}
+
+/* The registered copy of `batch` matrices of rows x cols (leading dimension
+ * ld, `stride` apart; every size > 0), or NULL. */
+static const __nv_bfloat16 *registered_bf16(const upc_kernels *K, const float *X, int rows, int cols, int ld,
+                                            long long stride, int batch)
+{
+    if (stride < 0)
+        return NULL;
+    size_t span = (size_t)(batch - 1) * (size_t)stride + (size_t)(rows - 1) * ld + cols;
+    return (const __nv_bfloat16 *)cuda_registered_bf16(K, X, span);
 }
 
 /* X (as pack_bf16_kernel reads it) rounded to bf16: the registered copy

@@ -8,8 +8,10 @@
  * a block of 4 warps computes a 64 x 64 tile of C, each warp 32 x 32 (2 x 2
  * fragments), over BK = 32 slices of the inner dimension staged in shared
  * memory. Operands are read as fp32 and rounded to bf16 on the way into
- * shared memory with upc_round_bf16, so the products are those of the CPU's
- * bf16 table (kernels_cpu_bf16) and only the order of the fp32 sums differs.
+ * shared memory with upc_round_bf16 (expert weights registered with
+ * bf16_weights are read from their bf16 copy instead), so the products are
+ * those of the CPU's bf16 table (kernels_cpu_bf16) and only the order of the
+ * fp32 sums differs.
  *
  *   fwd  Y[r][n]   = X[r][k] W_g^T      rows r of group g; tiles of 64 rows
  *   dx   dX[r][k]  = dY[r][n] W_g       never straddle two groups
@@ -30,29 +32,33 @@ using namespace nvcuda;
 
 enum { GB_M = 64, GB_N = 64, GB_K = 32, GB_THREADS = 128, GB_PAD = 8 };
 
-/* One operand of a tile product: element (i, kk) of A or (kk, j) of B, the
- * pointer already at the tile's origin. kk_contig: consecutive kk are
- * adjacent in memory (else consecutive i or j are); reads past the valid
- * extents give 0. */
-typedef struct {
-    const float *p;
-    long long ld;
-    int kk_contig;
-    int outer_valid, kk_valid;   /* rows of A / columns of B; the inner extent */
-} operand;
-
-static __device__ __forceinline__ float operand_at(const operand &o, int outer, int kk)
-{
-    if (outer >= o.outer_valid || kk >= o.kk_valid)
-        return 0.0f;
-    return o.kk_contig ? o.p[(long long)outer * o.ld + kk] : o.p[(long long)kk * o.ld + outer];
-}
-
 static __device__ __forceinline__ __nv_bfloat16 to_bf16(float x)
 {
     __nv_bfloat16_raw raw;
     raw.x = (unsigned short)(__float_as_uint(upc_round_bf16(x)) >> 16);
     return raw;
+}
+
+/* One operand of a tile product: element (i, kk) of A or (kk, j) of B, the
+ * pointer already at the tile's origin. kk_contig: consecutive kk are
+ * adjacent in memory (else consecutive i or j are); reads past the valid
+ * extents give 0. h, when set, is the registered bf16 copy of p (the expert
+ * weights, cuda_gemm.cu's bf16_weights) at the same place: read instead,
+ * half the bytes and already rounded. */
+typedef struct {
+    const float *p;
+    long long ld;
+    int kk_contig;
+    int outer_valid, kk_valid;   /* rows of A / columns of B; the inner extent */
+    const __nv_bfloat16 *h;
+} operand;
+
+static __device__ __forceinline__ __nv_bfloat16 operand_at(const operand &o, int outer, int kk)
+{
+    if (outer >= o.outer_valid || kk >= o.kk_valid)
+        return to_bf16(0.0f);
+    long long i = o.kk_contig ? (long long)outer * o.ld + kk : (long long)kk * o.ld + outer;
+    return o.h ? o.h[i] : to_bf16(o.p[i]);
 }
 
 /* Stage a GB_M x GB_K slice of A (as As[i][kk]) or GB_K x GB_N of B (as
@@ -61,7 +67,7 @@ static __device__ __forceinline__ void stage_a(__nv_bfloat16 (*As)[GB_K + GB_PAD
 {
     for (int e = threadIdx.x; e < GB_M * GB_K; e += GB_THREADS) {
         int i = a.kk_contig ? e / GB_K : e % GB_M, kk = a.kk_contig ? e % GB_K : e / GB_M;
-        As[i][kk] = to_bf16(operand_at(a, i, kk0 + kk));
+        As[i][kk] = operand_at(a, i, kk0 + kk);
     }
 }
 
@@ -69,7 +75,7 @@ static __device__ __forceinline__ void stage_b(__nv_bfloat16 (*Bs)[GB_N + GB_PAD
 {
     for (int e = threadIdx.x; e < GB_K * GB_N; e += GB_THREADS) {
         int j = b.kk_contig ? e / GB_K : e % GB_N, kk = b.kk_contig ? e % GB_K : e / GB_N;
-        Bs[kk][j] = to_bf16(operand_at(b, j, kk0 + kk));
+        Bs[kk][j] = operand_at(b, j, kk0 + kk);
     }
 }
 
@@ -152,16 +158,17 @@ static __device__ bool find_row_tile(const int32_t *offs, int E, int col_tiles, 
 
 /* fwd (dx = 0): Y = X W_g^T, inner k; dx (dx = 1): dX = dY W_g, inner n. */
 static __global__ void __launch_bounds__(GB_THREADS)
-grouped_rows_kernel(int dx, int E, const int32_t *offs, int n, int k, const float *A, const float *W, float beta,
-                    float *C, int *err)
+grouped_rows_kernel(int dx, int E, const int32_t *offs, int n, int k, const float *A, const float *W,
+                    const __nv_bfloat16 *W16, float beta, float *C, int *err)
 {
     const int out_cols = dx ? k : n, inner = dx ? n : k, col_tiles = (out_cols + GB_N - 1) / GB_N;
     int g, row0, ct;
     for (long long t = blockIdx.x; find_row_tile(offs, E, col_tiles, t, &g, &row0, &ct, err); t += gridDim.x) {
         int rows_valid = min(GB_M, offs[g + 1] - row0), col0 = ct * GB_N, cols_valid = min(GB_N, out_cols - col0);
-        operand a = {A + (long long)row0 * inner, inner, 1, rows_valid, inner};
-        const float *Wg = W + (long long)g * n * k;
-        operand b = dx ? operand{Wg + col0, k, 0, cols_valid, n} : operand{Wg + (long long)col0 * k, k, 1, cols_valid, k};
+        operand a = {A + (long long)row0 * inner, inner, 1, rows_valid, inner, NULL};
+        long long wg = (long long)g * n * k, at = dx ? col0 : (long long)col0 * k;
+        operand b = dx ? operand{W + wg + at, k, 0, cols_valid, n, NULL} : operand{W + wg + at, k, 1, cols_valid, k, NULL};
+        b.h = W16 ? W16 + wg + at : NULL;
         tile_product(a, b, C + (long long)row0 * out_cols + col0, out_cols, rows_valid, cols_valid, beta);
     }
 }
@@ -175,8 +182,8 @@ grouped_dw_kernel(const int32_t *offs, int n, int k, const float *dY, const floa
     const int r0 = (blockIdx.x / col_tiles) * GB_M, c0 = (blockIdx.x % col_tiles) * GB_N;
     const int o = offs[g], rows = group_rows(offs, g, err);
     const int rows_valid = min(GB_M, n - r0), cols_valid = min(GB_N, k - c0);
-    operand a = {dY + (long long)o * n + r0, n, 0, rows_valid, rows};
-    operand b = {X + (long long)o * k + c0, k, 0, cols_valid, rows};
+    operand a = {dY + (long long)o * n + r0, n, 0, rows_valid, rows, NULL};
+    operand b = {X + (long long)o * k + c0, k, 0, cols_valid, rows, NULL};
     tile_product(a, b, dW + (long long)g * n * k + (long long)r0 * k + c0, k, rows_valid, cols_valid, beta);
 }
 
@@ -210,7 +217,8 @@ void cuda_grouped_rows_bf16(const upc_kernels *K, const char *kernel, int dx, in
     CUDA_REQUIRE(E >= 0 && n > 0 && k > 0, kernel, "sizes must be positive (the caller takes the others)");
     if (E == 0)
         return;
-    grouped_rows_kernel<<<row_grid(), GB_THREADS>>>(dx, E, offs, n, k, A, W, beta, C, CTX(K)->err);
+    const __nv_bfloat16 *W16 = (const __nv_bfloat16 *)cuda_registered_bf16(K, W, (size_t)E * n * k);
+    grouped_rows_kernel<<<row_grid(), GB_THREADS>>>(dx, E, offs, n, k, A, W, W16, beta, C, CTX(K)->err);
     cuda_after_launch(K, kernel);
 }
 

@@ -190,6 +190,9 @@ void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int
                              int ldb, long long stride_b, float beta, float *C, int ldc,
                              long long stride_c, int batch);
 void cu_bf16_weights(const upc_kernels *K, const float *w, size_t n);
+/* The bf16 copy (__nv_bfloat16) of x[0..span) when it lies inside the
+ * weights registered with bf16_weights, else NULL. */
+const void *cuda_registered_bf16(const upc_kernels *K, const float *x, size_t span);
 void cu_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
                          const float *X, const float *W, float beta, float *Y);
 void cu_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n, int k,
