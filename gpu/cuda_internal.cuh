@@ -266,7 +266,7 @@ void cu_moe_combine_bwd(const upc_kernels *K, const float *dout, const float *Ys
                         const int32_t *pos, const float *w, int N, int kk, int d, float *dYs,
                         float *dw);
 void cu_moe_capacity_drop(const upc_kernels *K, const int32_t *topk_idx, const int32_t *pos,
-                          const int32_t *offs, int N, int kk, int capacity, float *x,
+                          const int32_t *offs, int N, int kk, int E, int capacity, float *x,
                           int32_t *dropped);
 
 /* cuda_moe_loss.cu */

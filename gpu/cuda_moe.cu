@@ -294,18 +294,15 @@ static __global__ void capacity_kernel(const int32_t *topk_idx, const int32_t *p
 }
 
 void cu_moe_capacity_drop(const upc_kernels *K, const int32_t *topk_idx, const int32_t *pos,
-                          const int32_t *offs, int N, int kk, int capacity, float *x, int32_t *dropped)
+                          const int32_t *offs, int N, int kk, int E, int capacity, float *x, int32_t *dropped)
 {
     const char *kernel = "moe_capacity_drop";
-    CUDA_REQUIRE(N >= 0 && kk >= 1 && capacity >= 0, kernel, "bad size");
+    CUDA_REQUIRE(N >= 0 && kk >= 1 && E >= 1 && capacity >= 0, kernel, "bad size");
     if (dropped)
         CUDA_CHECK(cudaMemsetAsync(dropped, 0, sizeof(int32_t), 0), kernel, "zeroing the count");
     size_t A = (size_t)N * kk;
     if (A == 0)
         return;
-    /* the expert count is not passed: an index is checked against INT32_MAX
-     * here, and for range by moe_dispatch, which produced pos and offs */
-    capacity_kernel<<<cuda_blocks(A), CUDA_THREADS>>>(topk_idx, pos, offs, A, INT32_MAX, capacity, x, dropped,
-                                                      CTX(K)->err);
+    capacity_kernel<<<cuda_blocks(A), CUDA_THREADS>>>(topk_idx, pos, offs, A, E, capacity, x, dropped, CTX(K)->err);
     cuda_after_launch(K, kernel);
 }

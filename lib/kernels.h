@@ -258,9 +258,10 @@ struct upc_kernels {
      * pos[a] - offs[topk_idx[a]] < capacity. Zeroes x[a] for every dropped
      * a (x [N*kk]: a copy of the combine weights in the forward, their
      * gradient in the backward) and, when dropped is not NULL, writes how
-     * many assignments were dropped to *dropped (device int32). */
+     * many assignments were dropped to *dropped (device int32). Expert
+     * indices must be in [0, E). */
     void (*moe_capacity_drop)(const upc_kernels *K, const int32_t *topk_idx,
-                              const int32_t *pos, const int32_t *offs, int N, int kk,
+                              const int32_t *pos, const int32_t *offs, int N, int kk, int E,
                               int capacity, float *x, int32_t *dropped);
 
     /* ---- MoE auxiliary losses (scalars into *loss, a device float) ------

@@ -111,7 +111,7 @@ void cpu_moe_combine_bwd(const upc_kernels *K, const float *dout, const float *Y
                          const int32_t *pos, const float *w, int N, int kk, int d,
                          float *dYs, float *dw);
 void cpu_moe_capacity_drop(const upc_kernels *K, const int32_t *topk_idx,
-                           const int32_t *pos, const int32_t *offs, int N, int kk,
+                           const int32_t *pos, const int32_t *offs, int N, int kk, int E,
                            int capacity, float *x, int32_t *dropped);
 void cpu_moe_lb_loss_fwd(const upc_kernels *K, const float *probs,
                          const int32_t *topk_idx, int N, int E, int kk, float alpha,

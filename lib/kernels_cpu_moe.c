@@ -78,17 +78,19 @@ void cpu_moe_dispatch(const upc_kernels *K, const int32_t *topk_idx, int N, int 
 }
 
 void cpu_moe_capacity_drop(const upc_kernels *K, const int32_t *topk_idx,
-                           const int32_t *pos, const int32_t *offs, int N, int kk,
+                           const int32_t *pos, const int32_t *offs, int N, int kk, int E,
                            int capacity, float *x, int32_t *dropped)
 {
-    CPU_REQUIRE(N >= 0 && kk >= 1 && capacity >= 0, "moe_capacity_drop", "bad size");
+    CPU_REQUIRE(N >= 0 && kk >= 1 && E >= 1 && capacity >= 0, "moe_capacity_drop", "bad size");
     size_t A = (size_t)N * kk;
     int32_t n = 0;
-    for (size_t a = 0; a < A; a++)
+    for (size_t a = 0; a < A; a++) {
+        CPU_REQUIRE(topk_idx[a] >= 0 && topk_idx[a] < E, "moe_capacity_drop", "expert index out of range");
         if (pos[a] - offs[topk_idx[a]] >= capacity) {
             x[a] = 0.0f;
             n++;
         }
+    }
     if (dropped)
         *dropped = n;
 }

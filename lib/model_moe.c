@@ -46,7 +46,7 @@ void model_moe_forward(model *m, int l, const float *x_mid, float *x_out)
     K->moe_dispatch(K, y->topk_idx, N, kk, E, y->counts, y->offs, y->perm, y->pos);
     if (m->capacity_factor > 0) {
         K->copy(K, y->kept_w, y->topk_w, (size_t)Nk * sizeof(float));
-        K->moe_capacity_drop(K, y->topk_idx, y->pos, y->offs, N, kk, model_expert_capacity(m, N), y->kept_w,
+        K->moe_capacity_drop(K, y->topk_idx, y->pos, y->offs, N, kk, E, model_expert_capacity(m, N), y->kept_w,
                              y->dropped);
     }
     K->moe_gather(K, y->h2, y->perm, N, kk, d, y->xs);
@@ -102,7 +102,7 @@ void model_moe_backward(model *m, int l, const float *dres, float aux_scale, flo
     K->moe_combine_bwd(K, dres, y->ys, y->pos, y->kept_w, N, kk, d, w->dys, w->dtopk_w);
     /* a dropped slot's weight is a constant 0: no gradient reaches the router */
     if (m->capacity_factor > 0)
-        K->moe_capacity_drop(K, y->topk_idx, y->pos, y->offs, N, kk, model_expert_capacity(m, N), w->dtopk_w,
+        K->moe_capacity_drop(K, y->topk_idx, y->pos, y->offs, N, kk, E, model_expert_capacity(m, N), w->dtopk_w,
                              NULL);
     K->grouped_gemm_dx(K, E, y->offs, d, F, w->dys, P(m, ly->w2), 0.0f, dact);
     K->grouped_gemm_dw(K, E, y->offs, d, F, w->dys, y->act_s, 1.0f, G(m, ly->w2));

@@ -573,7 +573,7 @@ static void test_moe(int N, int E, int kk, int d, int renorm, int capacity)
     int32_t minus1 = -1;
     twin_i dropped = tw_ids(&minus1, 1);
     twin kept = tw_rand(A, 0.1, 1);
-    BOTH KK->moe_capacity_drop(KK, P(idx), P(pos), P(offs), N, kk, capacity, P(kept), P(dropped));
+    BOTH KK->moe_capacity_drop(KK, P(idx), P(pos), P(offs), N, kk, E, capacity, P(kept), P(dropped));
     snprintf(shape, sizeof shape, "N=%d E=%d k=%d capacity=%d", N, E, kk, capacity);
     compare("moe_capacity_drop x", shape, kept, 0, 0);
     compare_i("moe_capacity_drop count", shape, dropped);

@@ -129,6 +129,15 @@ static void test_router(void)
 static const int32_t hand_idx[N * KK] = {1, 0, 4, 1, 0, 2, 1, 4, 2, 0, 4, 2, 0, 1};
 enum { HE = 5 };
 
+/* An expert index >= E reaching moe_capacity_drop: a programming error
+ * (EX_SOFTWARE), never a read past offs. */
+static void capacity_bad_expert(const void *arg)
+{
+    int32_t idx[2] = {0, 3}, pos[2] = {0, 1}, offs[4] = {0, 1, 1, 1};
+    float x[2] = {1, 1};
+    K->moe_capacity_drop(K, idx, pos, offs, 1, 2, 3, 1, x, NULL);
+}
+
 static void test_dispatch(void)
 {
     int32_t *idx = dev_ids(hand_idx, N * KK);
@@ -167,7 +176,7 @@ static void test_dispatch(void)
             ones[a] = 1.0f;
         x = dev_from(ones, N * KK);
         int32_t *dropped = K->alloc(K, 4), seen[HE] = {0}, want_dropped = 0, got_dropped;
-        K->moe_capacity_drop(K, idx, pos, offs, N, KK, cap, x, dropped);
+        K->moe_capacity_drop(K, idx, pos, offs, N, KK, HE, cap, x, dropped);
         float *h = host_of(x, N * KK);
         K->download(K, &got_dropped, dropped, 4);
         int right = 1;
@@ -182,6 +191,7 @@ static void test_dispatch(void)
         K->free(K, x), K->free(K, dropped);
     }
     free(c), free(o), free(pm), free(ps);
+    EXPECT_FAIL(capacity_bad_expert, NULL, EX_SOFTWARE, "moe_capacity_drop", "expert index out of range");
 
     /* gather: Xs[s] = X[perm[s]/k]; round trip through pos gives X back */
     float *X = host_rand(N * D, -1, 1), *dX = dev_from(X, N * D), *Xs = dev_zeros(N * KK * D);
