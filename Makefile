@@ -62,7 +62,7 @@ GPU_SYSLIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lc
 GPU_LDLIBS  := $(BUILD)/libupcyc.a $(GPU_SYSLIBS)
 endif
 
-.PHONY: all test demo deps clean check-sanitize gpu-check
+.PHONY: all test demo deps clean check-sanitize gpu-check emu
 all: $(TOOL_BINS) $(UNIT_BINS) $(GPU_LIB) $(BUILD)/flags.sh
 
 # What bench/ scripts compile their harnesses with (they source this file).
@@ -100,14 +100,21 @@ $(BUILD)/lib $(BUILD)/tools $(BUILD)/tests/unit $(BUILD)/gpu $(BIN):
 deps:
 	@scripts/deps
 
-test: deps all
-	UPCYC_BIN=$(abspath $(BIN)) UPCYC_UNIT=$(abspath $(BUILD)/tests) bats tests/
+test: deps all emu
+	UPCYC_BIN=$(abspath $(BIN)) UPCYC_UNIT=$(abspath $(BUILD)/tests) UPCYC_EMU=$(abspath $(BUILD)/emu/tests) bats tests/
 
-# The suite again under AddressSanitizer and UndefinedBehaviorSanitizer.
+# The CUDA sources (gpu/*.cu) on an emulated device (tests/emu: host threads
+# for CUDA threads, OpenBLAS for cuBLAS), so that tests/emu.bats runs the GPU
+# harnesses without a GPU: builds $(BUILD)/emu/ from this build's libupcyc.a.
+emu: $(BUILD)/libupcyc.a
+	BUILD=$(BUILD) SANITIZE=$(SANITIZE) NO_TESTS=1 scripts/check-emu
+
+# The suite again under AddressSanitizer and UndefinedBehaviorSanitizer (the
+# emulated 50-step training comparison, minutes under ASan, only in make test).
 check-sanitize: deps
-	$(MAKE) SANITIZE=1 BUILD=build-san BIN=build-san/bin all
-	UPCYC_BIN=$(abspath build-san/bin) UPCYC_UNIT=$(abspath build-san/tests) \
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 bats tests/
+	$(MAKE) SANITIZE=1 BUILD=build-san BIN=build-san/bin all emu
+	UPCYC_BIN=$(abspath build-san/bin) UPCYC_UNIT=$(abspath build-san/tests) UPCYC_EMU=$(abspath build-san/emu/tests) \
+	UPCYC_EMU_TRAIN=0 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 bats tests/
 
 # The CUDA backend against the CPU on a GPU machine, then bench/gpu (builds
 # with CUDA=1 into build-gpu/; without a GPU it builds, says so, exits 0).

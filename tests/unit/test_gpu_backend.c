@@ -25,6 +25,12 @@ static void twice_f32(float *buf, size_t n)
         buf[i] *= 2;
 }
 
+static void twice_i64(int64_t *buf, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        buf[i] *= 2;
+}
+
 /* upc_backend_allreduce_sum: the CPU hands its buffer to the host sum in a
  * job of two and leaves it alone in a world of one; on a GPU, the host
  * path (UPC_NCCL=0) goes through the same sum, and NCCL in a world of one
@@ -37,7 +43,7 @@ static void allreduce_on(const upc_kernels *K, int world, float want_scale)
         h[i] = (float)i - 500.25f;
     float *d = K->alloc(K, sizeof h);
     K->upload(K, d, h, sizeof h);
-    upc_collectives c = {.rank = 0, .world = world, .sum_f32 = twice_f32};
+    upc_collectives c = {.rank = 0, .world = world, .sum_f32 = twice_f32, .sum_i64 = twice_i64};
     upc_backend_allreduce_sum(K, d, N, &c);
     K->download(K, back, d, sizeof back);
     int bad = 0;
