@@ -69,14 +69,20 @@ load helpers
     grep -q "experts per MoE layer per step" "$TMP/err"
 }
 
-@test "serve-bench generate: streams a checkpoint's continuation, greedy is deterministic" {
+# A tiny dense checkpoint trained for 20 steps on a fortune file, with its
+# tokenizer (for generate's text), at $1.
+trained_checkpoint() {
     corpus=/usr/share/games/fortunes/science
     tokenize train --vocab-size 300 --split separator=% -o "$TMP/tok.json" "$corpus" 2> /dev/null
     tokenize encode --tokenizer "$TMP/tok.json" --split separator=% -o "$TMP/t.mpk" "$corpus" 2> /dev/null
     shard "$TMP/shards" "$TMP/t.mpk"
     printf '{"architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 128, "num_attention_heads": 2, "num_hidden_layers": 2, "num_key_value_heads": 1, "tie_word_embeddings": true, "vocab_size": 300}\n' > "$TMP/c.json"
     train --init "$TMP/c.json" --data "$TMP/shards/train" --tokenizer "$TMP/tok.json" --batch 4 --seq-len 32 \
-        --steps 20 --lr 1e-2 --out "$TMP/ckpt" > /dev/null 2>&1
+        --steps 20 --lr 1e-2 --out "$1" > /dev/null 2>&1
+}
+
+@test "serve-bench generate: streams a checkpoint's continuation, greedy is deterministic" {
+    trained_checkpoint "$TMP/ckpt"
     run serve-bench generate --model "$TMP/ckpt" --prompt "The laws of physics" --max-tokens 12
     assert_status 0
     first="$output"
@@ -100,13 +106,7 @@ load helpers
     memory "$TMP/h.mpk" | jq -e '.[0] == "bf16" and .[1] >= 6 * .[2] and .[1] < 6 * .[2] + 65536' > /dev/null
     # greedy and sampled continuations of a trained MoE checkpoint: the same
     # text with the weights rounded once and rounded in every GEMM
-    corpus=/usr/share/games/fortunes/science
-    tokenize train --vocab-size 300 --split separator=% -o "$TMP/tok.json" "$corpus" 2> /dev/null
-    tokenize encode --tokenizer "$TMP/tok.json" --split separator=% -o "$TMP/t.mpk" "$corpus" 2> /dev/null
-    shard "$TMP/shards" "$TMP/t.mpk"
-    printf '{"architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 128, "num_attention_heads": 2, "num_hidden_layers": 2, "num_key_value_heads": 1, "tie_word_embeddings": true, "vocab_size": 300}\n' > "$TMP/c.json"
-    train --init "$TMP/c.json" --data "$TMP/shards/train" --tokenizer "$TMP/tok.json" --batch 4 --seq-len 32 \
-        --steps 20 --lr 1e-2 --out "$TMP/dense" > /dev/null 2>&1
+    trained_checkpoint "$TMP/dense"
     upcycle --experts 4 --top-k 2 "$TMP/dense" "$TMP/moe" > /dev/null 2>&1
     for t in 0 1; do
         serve-bench generate --model "$TMP/moe" --prompt "The laws of physics" --max-tokens 24 --precision bf16 \
