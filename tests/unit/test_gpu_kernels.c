@@ -653,6 +653,17 @@ static void bad_id(void)
     exit(1);
 }
 
+/* The last line (what gpu.bats looks for) and the exit status. */
+static int summary(const char *label)
+{
+    if (failures) {
+        printf("%s: %d of %d checks failed\n", label, failures, checks);
+        return 1;
+    }
+    printf("%s: all %d checks passed\n", label, checks);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     upc_init("test_gpu_kernels");
@@ -673,12 +684,7 @@ int main(int argc, char **argv)
         G = upc_backend_precision(G, "bf16");
         printf("# bf16 grouped GEMMs (UPC_GROUPED=%s)\n", getenv("UPC_GROUPED") ? getenv("UPC_GROUPED") : "");
         test_grouped();
-        if (failures) {
-            printf("test_gpu_kernels --grouped: %d of %d checks failed\n", failures, checks);
-            return 1;
-        }
-        printf("test_gpu_kernels --grouped: all %d checks passed\n", checks);
-        return 0;
+        return summary("test_gpu_kernels --grouped");
     }
     if (self)
         printf("# the CPU backend against itself (harness check)\n");
@@ -731,10 +737,5 @@ int main(int argc, char **argv)
     test_moe(30, 6, 1, 9, 1, 2);
     test_moe(1000, 8, 2, 300, 1, 200);  /* strided loops that run more than once */
     test_optim();
-    if (failures) {
-        printf("test_gpu_kernels: %d of %d checks failed\n", failures, checks);
-        return 1;
-    }
-    printf("test_gpu_kernels: all %d checks passed\n", checks);
-    return 0;
+    return summary("test_gpu_kernels");
 }
