@@ -75,10 +75,20 @@ static bool load_nccl(char *why, size_t n)
     return true;
 }
 
+/* UPC_NCCL: 0 never, 1 required (even in a world of one), else -1: auto. */
+static int nccl_setting(void)
+{
+    static int setting = -2;
+    if (setting == -2) {
+        const char *env = getenv("UPC_NCCL");
+        setting = env && strcmp(env, "0") == 0 ? 0 : env && strcmp(env, "1") == 0 ? 1 : -1;
+    }
+    return setting;
+}
+
 static enum sum_mode decide(const upc_collectives *c)
 {
-    const char *env = getenv("UPC_NCCL");
-    bool never = env && strcmp(env, "0") == 0, required = env && strcmp(env, "1") == 0;
+    bool never = nccl_setting() == 0, required = nccl_setting() == 1;
     char why[512] = "UPC_NCCL=0";
     bool loaded = !never && load_nccl(why, sizeof why);
     if (required && !loaded)
@@ -120,9 +130,7 @@ static void sum_through_host(float *x, size_t n, const upc_collectives *c)
 
 extern "C" void kernels_cuda_allreduce_sum(float *x, size_t n, const upc_collectives *c)
 {
-    const char *env = getenv("UPC_NCCL");
-    bool required = env && strcmp(env, "1") == 0;
-    if ((c->world <= 1 && !required) || n == 0)
+    if ((c->world <= 1 && nccl_setting() != 1) || n == 0)
         return;
     if (dp.mode == UNDECIDED)
         dp.mode = decide(c);

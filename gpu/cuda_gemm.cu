@@ -16,7 +16,6 @@
  * offsets on the device, unless UPC_GROUPED=cublas. */
 #include "cuda_internal.cuh"
 
-#include <cuda_bf16.h>
 #include <string.h>
 
 /* C[m][n] = beta * C, beta == 0 overwriting (NaN included). */
@@ -72,13 +71,6 @@ static void sgemm(const upc_kernels *K, const char *kernel, int trans_a, int tra
 
 /* ---- bf16 operands ------------------------------------------------------------- */
 
-static __device__ __forceinline__ __nv_bfloat16 to_bf16(float x)
-{
-    __nv_bfloat16_raw raw;
-    raw.x = (unsigned short)(__float_as_uint(upc_round_bf16(x)) >> 16);
-    return raw;
-}
-
 /* `batch` matrices of rows x cols (leading dimension ld, `stride` apart) as
  * one contiguous bf16 array, each element rounded as upc_round_bf16 rounds. */
 static __global__ void pack_bf16_kernel(const float *X, int rows, int cols, int ld, long long stride,
@@ -87,14 +79,14 @@ static __global__ void pack_bf16_kernel(const float *X, int rows, int cols, int 
     size_t per = (size_t)rows * cols;
     GRID_STRIDE(i, total) {
         size_t b = i / per, r = (i % per) / cols, c = i % cols;
-        out[i] = to_bf16(X[b * stride + r * (size_t)ld + c]);
+        out[i] = cuda_to_bf16(X[b * stride + r * (size_t)ld + c]);
     }
 }
 
 static __global__ void round_bf16_kernel(const float *x, size_t n, __nv_bfloat16 *out)
 {
     GRID_STRIDE(i, n)
-        out[i] = to_bf16(x[i]);
+        out[i] = cuda_to_bf16(x[i]);
 }
 
 void cu_bf16_weights(const upc_kernels *K, const float *w, size_t n)
@@ -125,13 +117,8 @@ void cu_bf16_weights(const upc_kernels *K, const float *w, size_t n)
 const void *cuda_registered_bf16(const upc_kernels *K, const float *x, size_t span)
 {
     const cuda_ctx *c = CTX(K);
-    uintptr_t p = (uintptr_t)x, w = (uintptr_t)c->bf16_w;
-    if (!c->bf16_w || p < w || (p - w) % sizeof(float) != 0)
-        return NULL;
-    size_t at = (p - w) / sizeof(float);
-    if (at >= c->bf16_n || span > c->bf16_n - at)
-        return NULL;
-    return (const __nv_bfloat16 *)c->bf16_copy + at;
+    size_t at = upc_float_offset_within(c->bf16_w, c->bf16_n, x, span);
+    return at == SIZE_MAX ? NULL : (const __nv_bfloat16 *)c->bf16_copy + at;
 }
 
 /* The registered copy of `batch` matrices of rows x cols (leading dimension

@@ -23,7 +23,6 @@
  * them from the offsets. */
 #include "cuda_internal.cuh"
 
-#include <cuda_bf16.h>
 #include <mma.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,13 +30,6 @@
 using namespace nvcuda;
 
 enum { GB_M = 64, GB_N = 64, GB_K = 32, GB_THREADS = 128, GB_PAD = 8 };
-
-static __device__ __forceinline__ __nv_bfloat16 to_bf16(float x)
-{
-    __nv_bfloat16_raw raw;
-    raw.x = (unsigned short)(__float_as_uint(upc_round_bf16(x)) >> 16);
-    return raw;
-}
 
 /* One operand of a tile product: element (i, kk) of A or (kk, j) of B, the
  * pointer already at the tile's origin. kk_contig: consecutive kk are
@@ -56,9 +48,9 @@ typedef struct {
 static __device__ __forceinline__ __nv_bfloat16 operand_at(const operand &o, int outer, int kk)
 {
     if (outer >= o.outer_valid || kk >= o.kk_valid)
-        return to_bf16(0.0f);
+        return cuda_to_bf16(0.0f);
     long long i = o.kk_contig ? (long long)outer * o.ld + kk : (long long)kk * o.ld + outer;
-    return o.h ? o.h[i] : to_bf16(o.p[i]);
+    return o.h ? o.h[i] : cuda_to_bf16(o.p[i]);
 }
 
 /* Stage a GB_M x GB_K slice of A (as As[i][kk]) or GB_K x GB_N of B (as

@@ -10,6 +10,7 @@
 #define UPCYC_CUDA_INTERNAL_CUH
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -96,6 +97,14 @@ void cuda_check_device_error(const upc_kernels *K, const char *where);
  * sort; slots 2 and 3 hold the bf16 GEMMs' rounded operands. */
 enum { SCRATCH_KERNEL = 0, SCRATCH_SORT = 1, SCRATCH_BF16_A = 2, SCRATCH_BF16_B = 3 };
 void *cuda_scratch(const upc_kernels *K, int slot, size_t bytes, const char *kernel);
+
+/* x rounded as upc_round_bf16 rounds (the CPU reference), as a bf16. */
+static __device__ __forceinline__ __nv_bfloat16 cuda_to_bf16(float x)
+{
+    __nv_bfloat16_raw raw;
+    raw.x = (unsigned short)(__float_as_uint(upc_round_bf16(x)) >> 16);
+    return raw;
+}
 
 /* Record a device-side error (the first one wins). */
 static __device__ __forceinline__ void cuda_flag(int *err, int code)

@@ -96,9 +96,9 @@ struct upc_kernels {
      * same bits; cuBLAS may pick another algorithm for another alignment or
      * leading dimension, so on a GPU the fp32 sums' order may differ). The
      * caller registers again after anything writes w (model_params_changed
-     * does this for a model). One range per backend: a new call replaces the last; n == 0 forgets the
-     * range if it starts at w (another range is kept). Tables of precision
-     * fp32 ignore it. Fails (EX_OSERR) when the copy does not fit in memory. */
+     * does this for a model). One range per backend: a new call replaces
+     * the last; n == 0 forgets the range if it starts at w (another range is
+     * kept). Tables of precision fp32 ignore it. Fails (EX_OSERR) when the copy does not fit in memory. */
     void (*bf16_weights)(const upc_kernels *K, const float *w, size_t n);
 
     /* ---- grouped GEMM (dropless MoE experts) ----------------------------
@@ -312,6 +312,18 @@ struct upc_kernels {
 static inline bool upc_kernels_bf16(const upc_kernels *K)
 {
     return strcmp(K->precision, "bf16") == 0;
+}
+
+/* Where x[0..span) starts inside w[0..n), in floats, or SIZE_MAX when it
+ * does not lie wholly inside (the backends' lookup of registered bf16
+ * weights). */
+static inline size_t upc_float_offset_within(const float *w, size_t n, const float *x, size_t span)
+{
+    uintptr_t p = (uintptr_t)x, b = (uintptr_t)w;
+    if (!w || p < b || (p - b) % sizeof(float) != 0)
+        return SIZE_MAX;
+    size_t at = (p - b) / sizeof(float);
+    return at < n && span <= n - at ? at : SIZE_MAX;
 }
 
 /* The CPU backend: OpenBLAS SGEMM, OpenMP elsewhere, fp32. Never NULL. */

@@ -125,13 +125,8 @@ void cpu_bf16_weights(const upc_kernels *K, const float *w, size_t n)
  * it lies inside the registered weights, else NULL. */
 static const float *registered_rounded(const float *X, int rows, int cols, int ld)
 {
-    uintptr_t x = (uintptr_t)X, w = (uintptr_t)weights.w;
-    if (!weights.w || x < w || (x - w) % sizeof(float) != 0)
-        return NULL;
-    size_t at = (x - w) / sizeof(float);
-    if (at >= weights.n || (size_t)(rows - 1) * ld + cols > weights.n - at)
-        return NULL;
-    return weights.rounded + at;
+    size_t at = upc_float_offset_within(weights.w, weights.n, X, (size_t)(rows - 1) * ld + cols);
+    return at == SIZE_MAX ? NULL : weights.rounded + at;
 }
 
 /* The rows x cols matrix X (leading dimension *ld) rounded to bf16: the
