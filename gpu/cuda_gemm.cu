@@ -9,6 +9,8 @@
  * C^T = op(B)^T op(A)^T, so every call swaps the operands (B first) and the
  * sizes (n, m).
  *
+ * A few rows times a weight matrix (decode) go to cuda_gemv.cu instead.
+ *
  * The fp32 grouped GEMMs read the E+1 group offsets back to the host (one
  * synchronous copy per call, into a pinned buffer) and run one GEMM per
  * non-empty group (cublasGemmGroupedBatchedEx would want host sizes too).
@@ -171,6 +173,9 @@ static void mm(const upc_kernels *K, const char *kernel, bool bf16, int trans_a,
                int k, float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C,
                int ldc)
 {
+    /* decode's shape (a few tokens times a weight matrix): cuda_gemv.cu */
+    if (!trans_a && trans_b && alpha != 0.0f && cuda_gemv(K, kernel, bf16, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc))
+        return;
     if (!bf16 || m == 0 || n == 0 || k == 0 || alpha == 0.0f) {
         sgemm(K, kernel, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
         return;

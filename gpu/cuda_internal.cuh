@@ -215,6 +215,13 @@ void cuda_grouped_rows_bf16(const upc_kernels *K, const char *kernel, int dx, in
                             int k, const float *A, const float *W, float beta, float *C);
 void cuda_grouped_dw_bf16(const upc_kernels *K, const char *kernel, int E, const int32_t *offs, int n, int k,
                           const float *dY, const float *X, float beta, float *dW);
+/* cuda_gemv.cu: C[m][n] = alpha X[m][k] W^T + beta C for m <= GEMV_MAX_ROWS
+ * as warp-per-column dot products streaming W (fp32, or on the bf16 table
+ * its registered copy); false, nothing launched, where it does not apply
+ * (bf16 W not registered, UPC_GEMV=cublas, an empty size): use cuBLAS */
+enum { GEMV_MAX_ROWS = 8 };
+bool cuda_gemv(const upc_kernels *K, const char *kernel, bool bf16, int m, int n, int k, float alpha,
+               const float *X, int ldx, const float *W, int ldw, float beta, float *C, int ldc);
 
 /* cuda_layers.cu */
 void cu_embedding_fwd(const upc_kernels *K, const int32_t *ids, int rows, const float *table, int V,

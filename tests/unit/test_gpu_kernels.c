@@ -243,6 +243,29 @@ static void test_gemm_batched(int ta, int tb, int m, int n, int k, int batch)
     tw_free(A), tw_free(B), tw_free(Cm);
 }
 
+/* Decode's shape, a few rows times a weight matrix (cuda_gemv.cu for m <= 8
+ * on the GPU): W sits `w_off` floats into a buffer that the bf16 tables
+ * register whole, as the model registers its parameters, so its rows start
+ * 16-byte aligned (vector loads) or not (one element per lane). */
+static void test_gemv(int m, int n, int k, int pad, int w_off, float alpha, float beta)
+{
+    int ld = k + pad, ldc = n + pad;
+    size_t nw = (size_t)w_off + (size_t)n * ld, nc = (size_t)m * ldc;
+    twin X = tw_rand((size_t)m * ld, -1, 1), Wt = tw_rand(nw, -1, 1),
+         Y = beta == 0 ? tw_fill(nc, NAN) : tw_rand(nc, -1, 1);
+    bool registered = upc_kernels_bf16(C);
+    if (registered)
+        BOTH KK->bf16_weights(KK, P(Wt), nw);
+    BOTH KK->gemm(KK, 0, 1, m, n, k, alpha, P(X), ld, P(Wt) + w_off, ld, beta, P(Y), ldc);
+    if (registered)
+        BOTH KK->bf16_weights(KK, P(Wt), 0);
+    char shape[96];
+    snprintf(shape, sizeof shape, "nt %dx%dx%d ld+%d W at +%d a=%g b=%g%s", m, n, k, pad, w_off, alpha, beta,
+             beta == 0 ? "(NaN C)" : "");
+    compare(kname("gemv"), shape, Y, 1e-5 * fmax(1.0, sqrt(k / 32.0)), 1e-4);
+    tw_free(X), tw_free(Wt), tw_free(Y);
+}
+
 /* E = 8 groups of `counts` rows: small (one tile of the bf16 device
  * kernels) and large (several tiles, partial ones at every edge) */
 static void test_grouped_on(int n, int k, const int32_t counts[8], bool registered)
@@ -708,6 +731,12 @@ int main(int argc, char **argv)
             test_gemm_on(0, 1, 37, 53, 19, 3, 1.0f, 0.0f, true);
             test_gemm_on(0, 1, 1, 300, 129, 0, 1.0f, 1.0f, true);   /* decode's shape */
         }
+        test_gemv(1, 77, 517, 3, 0, 1.0f, 0.0f);     /* 16-byte loads and a tail; a part-filled block */
+        test_gemv(8, 64, 1024, 0, 0, 0.5f, 1.0f);    /* the most rows, no tail */
+        test_gemv(3, 33, 130, 1, 0, 1.0f, 0.5f);     /* rows not 16-byte aligned */
+        test_gemv(5, 40, 256, 0, 3, 1.0f, 0.0f);     /* W's start not aligned */
+        test_gemv(2, 1, 3, 1, 0, 2.0f, 0.0f);        /* k under one 16-byte chunk */
+        test_gemv(9, 40, 64, 0, 0, 1.0f, 0.0f);      /* one row too many: cuBLAS */
         test_grouped();
     }
     C = fp32[0], G = fp32[1];

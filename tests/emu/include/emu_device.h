@@ -31,6 +31,11 @@ struct uint3 {
     unsigned x, y, z;
 };
 
+/* CUDA's 16-byte vector type (one 128-bit load) */
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+
 struct dim3 {
     unsigned x, y, z;
     constexpr dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
