@@ -1,17 +1,9 @@
-/* bench.h: what every benchmark harness (the C files in bench/) times with: a
- * monotonic clock and the median of repeated timings. */
+/* bench.h: what every benchmark harness (the C files in bench/) times with:
+ * the median of repeated timings (of upc_now, util.h). */
 #ifndef UPCYC_BENCH_H
 #define UPCYC_BENCH_H
 
 #include <stdlib.h>
-#include <time.h>
-
-static inline double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static inline int cmp_double(const void *a, const void *b)
 {

@@ -60,16 +60,16 @@ int main(int argc, char **argv)
     double *tf = upc_malloc((size_t)(R + 1) * sizeof *tf), *ts = upc_malloc((size_t)(R + 1) * sizeof *ts),
            *tm = upc_malloc((size_t)(R + 1) * sizeof *tm);
     for (int r = 0; r <= R; r++) {   /* r == 0 warms up; alternate the three */
-        double t0 = now();
+        double t0 = upc_now();
         model_loss l;
         model_forward(m, ids, tg, B, T, &l);
-        tf[r] = now() - t0;
-        t0 = now();
+        tf[r] = upc_now() - t0;
+        t0 = upc_now();
         lm_score_seqs(scorer, seqs, (size_t)B, sc);
-        ts[r] = now() - t0;
-        t0 = now();
+        ts[r] = upc_now() - t0;
+        t0 = upc_now();
         lm_score_seqs(scorer, mc, (size_t)B, sc);
-        tm[r] = now() - t0;
+        tm[r] = upc_now() - t0;
     }
     qsort(tf + 1, (size_t)R, sizeof *tf, cmp_double);
     qsort(ts + 1, (size_t)R, sizeof *ts, cmp_double);

@@ -27,9 +27,9 @@ static float *buffer(size_t n)
         double t_[5];                                                          \
         call;                                                                  \
         for (int r_ = 0; r_ < 5; r_++) {                                       \
-            double t0_ = now();                                                \
+            double t0_ = upc_now();                                                \
             call;                                                              \
-            t_[r_] = now() - t0_;                                              \
+            t_[r_] = upc_now() - t0_;                                              \
         }                                                                      \
         qsort(t_, 5, sizeof t_[0], cmp_double);                                \
         secs = t_[2];                                                          \

@@ -68,7 +68,7 @@ static void bench_train(const char *name, int B, int T, int steps)
     double *t = upc_malloc((size_t)(steps + 1) * sizeof *t), loss = 0;
     for (int s = 0; s <= steps; s++) {   /* step 0 warms up */
         K->sync(K);
-        double t0 = now();
+        double t0 = upc_now();
         model_zero_grads(m);
         model_loss l;
         model_forward(m, ids, tg, B, T, &l);
@@ -76,7 +76,7 @@ static void bench_train(const char *name, int B, int T, int steps)
         double gn = optim_grad_norm(opt, m);
         optim_step(opt, m, 1e-4, gn > 1.0 ? 1.0 / gn : 1.0);
         K->sync(K);
-        t[s] = now() - t0;
+        t[s] = upc_now() - t0;
         loss = l.total;
     }
     double step_s = median(t + 1, steps);
@@ -103,10 +103,10 @@ static double copy_gbs(const upc_kernels *K, size_t bytes)
     K->copy(K, b, a, bytes);
     K->sync(K);
     for (int r = 0; r < 5; r++) {
-        double t0 = now();
+        double t0 = upc_now();
         K->copy(K, b, a, bytes);
         K->sync(K);
-        t[r] = now() - t0;
+        t[r] = upc_now() - t0;
     }
     K->free(K, a), K->free(K, b);
     return 2.0 * bytes / median(t, 5) * 1e-9;
@@ -143,9 +143,9 @@ static void bench_decode(const char *name, int context, int steps)
     for (int i = 0; i < steps; i++) {
         int32_t tok = (int32_t)(upc_splitmix64(&rng) % (uint64_t)V);
         K->sync(K);
-        double t0 = now();
+        double t0 = upc_now();
         engine_step(e, &s, &tok, 1, &w1, lg);   /* logits downloaded: waits for the device */
-        t[i] = now() - t0;
+        t[i] = upc_now() - t0;
     }
     double step_s = median(t, steps);
     mc_params p = mc_param_count(&cfg);

@@ -36,7 +36,7 @@ static double read_bandwidth(size_t bytes)
     volatile float sink = 0;
     int reps = bytes < (256u << 20) ? 8 : 1;
     for (int r = 0; r < 5; r++) {
-        double t0 = now();
+        double t0 = upc_now();
         float s = 0;
         for (int k = 0; k < reps; k++) {
 #pragma omp parallel reduction(+ : s)
@@ -50,7 +50,7 @@ static double read_bandwidth(size_t bytes)
                     s += acc[j];
             }
         }
-        t[r] = (now() - t0) / reps;
+        t[r] = (upc_now() - t0) / reps;
         sink += s;
     }
     free(a);
@@ -80,10 +80,10 @@ static double decode_rate(model *m, int batch, int steps)
     for (int b = 0; b < batch; b++)
         seqs[b] = b, ids[b] = 1, want[b] = true;
     engine_step(e, seqs, ids, batch, want, logits);   /* warm */
-    double t0 = now();
+    double t0 = upc_now();
     for (int s = 0; s < steps; s++)
         engine_step(e, seqs, ids, batch, want, logits);
-    double rate = (double)batch * steps / (now() - t0);
+    double rate = (double)batch * steps / (upc_now() - t0);
     free(seqs), free(ids), free(want), free(logits);
     engine_free(e);
     return rate;
@@ -135,18 +135,18 @@ int main(int argc, char **argv)
     const upc_kernels *K = kernels_cpu();
     double t[5];
     for (int r = 0; r < 5; r++) {
-        double t0 = now();
+        double t0 = upc_now();
         for (int k = 0; k < 20; k++)
             K->gemm(K, 0, 1, 1, F, dd, 1.0f, x, dd, W, dd, 0.0f, y, F);
-        t[r] = (now() - t0) / 20;
+        t[r] = (upc_now() - t0) / 20;
     }
     double ours = (double)F * dd * 4 / median(t, 5) / 1e9;
     openblas_set_num_threads(1);
     for (int r = 0; r < 5; r++) {
-        double t0 = now();
+        double t0 = upc_now();
         for (int k = 0; k < 20; k++)
             cblas_sgemv(CblasRowMajor, CblasNoTrans, F, dd, 1.0f, W, dd, x, 1, 0.0f, y, 1);
-        t[r] = (now() - t0) / 20;
+        t[r] = (upc_now() - t0) / 20;
     }
     double blas1 = (double)F * dd * 4 / median(t, 5) / 1e9;
     printf("weight_%dx%d skinny_gemm_gbs=%.2f openblas_sgemv_1thread_gbs=%.2f\n", F, dd, ours, blas1);

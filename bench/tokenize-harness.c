@@ -41,7 +41,7 @@ int main(int argc, char **argv)
     size_t total_tokens = 0;
     for (int r = 0; r < runs; r++) {
         size_t tokens = 0;
-        double t0 = now();
+        double t0 = upc_now();
 #pragma omp parallel num_threads(threads) reduction(+ : tokens)
         {
             bpe_scratch *s = bpe_scratch_new(t);
@@ -56,7 +56,7 @@ int main(int argc, char **argv)
             free(ids);
             bpe_scratch_free(s);
         }
-        double dt = now() - t0;
+        double dt = upc_now() - t0;
         mbs[r] = (double)m.len / 1e6 / dt;
         total_tokens = tokens;
         fprintf(stderr, "run %d: %.3f s, %.2f MB/s, %zu tokens\n", r + 1, dt, mbs[r], tokens);

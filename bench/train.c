@@ -30,9 +30,9 @@ static double sgemm_gflops(const upc_kernels *K, int m, int n, int k)
     double t[5];
     K->gemm(K, 0, 1, m, n, k, 1.0f, A, k, B, k, 0.0f, C, n);
     for (int r = 0; r < 5; r++) {
-        double t0 = now();
+        double t0 = upc_now();
         K->gemm(K, 0, 1, m, n, k, 1.0f, A, k, B, k, 0.0f, C, n);
-        t[r] = now() - t0;
+        t[r] = upc_now() - t0;
     }
     qsort(t, 5, sizeof *t, cmp_double);
     K->free(K, A), K->free(K, B), K->free(K, C);
@@ -85,14 +85,14 @@ int main(int argc, char **argv)
     }
     double *t = upc_malloc((size_t)(steps + 1) * sizeof *t);
     for (int s = 0; s <= steps; s++) {   /* step 0 warms up */
-        double t0 = now();
+        double t0 = upc_now();
         model_zero_grads(m);
         model_loss l;
         model_forward(m, ids, tg, B, T, &l);
         model_backward(m, 1.0f);
         double gn = optim_grad_norm(opt, m);
         optim_step(opt, m, 1e-4, gn > 1.0 ? 1.0 / gn : 1.0);
-        t[s] = now() - t0;
+        t[s] = upc_now() - t0;
     }
     qsort(t + 1, (size_t)steps, sizeof *t, cmp_double);
     double step_s = t[1 + steps / 2];

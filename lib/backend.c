@@ -5,6 +5,7 @@
  * kernels_cuda_allreduce_sum), which pulls the definitions in (see
  * backend.h). */
 #include "backend.h"
+#include "kernels_profile.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -34,7 +35,7 @@ const char *upc_backend_describe(const upc_kernels *K)
     return text;
 }
 
-const upc_kernels *upc_backend_find(const char *name, char *why, size_t n)
+static const upc_kernels *find(const char *name, char *why, size_t n)
 {
     char dummy[1];
     if (!why || n == 0) {
@@ -65,7 +66,13 @@ const upc_kernels *upc_backend_find(const char *name, char *why, size_t n)
     return NULL;
 }
 
-const upc_kernels *upc_backend_precision(const upc_kernels *K, const char *precision)
+/* Every table handed out is wrapped in kernels_profile.c's timer while UPC_PROFILE=1. */
+const upc_kernels *upc_backend_find(const char *name, char *why, size_t n)
+{
+    return upc_profile_wrap(find(name, why, n));
+}
+
+static const upc_kernels *precision_table(const upc_kernels *K, const char *precision)
 {
     bool bf16 = strcmp(precision, "bf16") == 0;
     if (!bf16 && strcmp(precision, "fp32") != 0)
@@ -80,6 +87,11 @@ const upc_kernels *upc_backend_precision(const upc_kernels *K, const char *preci
     if (!C)
         upc_fail(EX_SOFTWARE, "--precision %s: no %s table of the %s backend", precision, precision, K->name);
     return C;
+}
+
+const upc_kernels *upc_backend_precision(const upc_kernels *K, const char *precision)
+{
+    return upc_profile_wrap(precision_table(upc_profile_unwrap(K), precision));
 }
 
 const upc_kernels *upc_backend(const char *name)

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
+#include <time.h>
 
 const char *upc_progname = "upcyc";
 
@@ -541,4 +542,11 @@ void upc_publish_dir(const char *tmp, const char *out)
     char *parent = upc_dirname(out);
     upc_fsync_dir(parent);
     free(parent);
+}
+
+double upc_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }

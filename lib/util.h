@@ -26,6 +26,9 @@ void upc_fail(int code, const char *fmt, ...) __attribute__((noreturn, format(pr
 void upc_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void upc_vwarn(const char *fmt, va_list ap);
 
+/* Seconds on the monotonic clock (for intervals). */
+double upc_now(void);
+
 void *upc_malloc(size_t n);
 void *upc_calloc(size_t count, size_t size);
 void *upc_realloc(void *p, size_t n);

@@ -349,6 +349,27 @@ losses() {
     done
 }
 
+@test "train: UPC_PROFILE=1 prints a kernel profile on stderr and changes no result (dense and MoE, bf16)" {
+    # shellcheck disable=SC2086
+    train --init "$D/tiny.json" $BASE --steps 2 --out "$TMP/dense" > /dev/null
+    upcycle --experts 4 --top-k 2 "$TMP/dense" "$TMP/moe" > /dev/null 2>&1
+    local args="--data $D/shards/train --batch 4 --seq-len 32 --steps 3 --lr 1e-3 --precision bf16"
+    for from in dense moe; do
+        # shellcheck disable=SC2086
+        train --from "$TMP/$from" $args --out "$TMP/$from-plain" > "$TMP/$from-plain.mpk"
+        # shellcheck disable=SC2086
+        UPC_PROFILE=1 train --from "$TMP/$from" $args --out "$TMP/$from-prof" > "$TMP/$from-prof.mpk" \
+            2> "$TMP/$from-prof.err"
+        [ "$(losses "$TMP/$from-prof.mpk" | wc -l)" -eq 3 ]
+        diff <(losses "$TMP/$from-plain.mpk") <(losses "$TMP/$from-prof.mpk")
+        cmp "$TMP/$from-plain/model.safetensors" "$TMP/$from-prof/model.safetensors"
+        grep -q "^train: kernel profile (UPC_PROFILE=1.*: cpu bf16$" "$TMP/$from-prof.err"
+        grep -q "^gemm " "$TMP/$from-prof.err"
+    done
+    grep -q "^grouped_gemm_fwd " "$TMP/moe-prof.err"
+    ! grep -q "^grouped_gemm_fwd " "$TMP/dense-prof.err"
+}
+
 @test "train: data or tokenizer that do not fit the model are refused, nothing written" {
     sed 's/"vocab_size": 512/"vocab_size": 300/' "$D/tiny.json" > "$TMP/small.json"
     run train --init "$TMP/small.json" --data "$D/shards/train" --seq-len 32 --steps 2 --out "$TMP/o"

@@ -71,12 +71,6 @@ typedef struct {
     int n_ckpts;
 } options;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void parse_args(int argc, char **argv, int first, options *o)
 {
@@ -287,7 +281,7 @@ static void free_model(evaluator *ev)
 static void eval_lm(evaluator *ev)
 {
     const options *o = ev->o;
-    double t0 = now();
+    double t0 = upc_now();
     loader_config lc = {.batch = (size_t)o->batch, .seq = (size_t)ev->max_len, .seed = 0, .world = 1,
                         .pad_tail = true};
     loader *L = loader_open(o->data, &lc);
@@ -326,7 +320,7 @@ static void eval_lm(evaluator *ev)
     mpk_pack_key_double(pk, "loss", loss);
     mpk_pack_key_double(pk, "ppl", exp(loss));
     mpk_pack_key_double(pk, "bpb", bpb);
-    mpk_pack_key_double(pk, "wall_s", now() - t0);
+    mpk_pack_key_double(pk, "wall_s", upc_now() - t0);
     mpk_writer_emit(ev->rec);
 }
 
@@ -477,7 +471,7 @@ static int argmax(const double *v, size_t n)
 static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
 {
     const options *o = ev->o;
-    double t0 = now();
+    double t0 = upc_now();
     lm_scorer_stats before = lm_scorer_get_stats(scorer(ev));
     icl_dataset ds;
     icl_dataset_load(&ds, spec->dataset_uri, spec->type);
@@ -594,10 +588,10 @@ static void eval_task(evaluator *ev, const icl_task_spec *spec, int fewshot)
     mpk_pack_key_double(pk, "acc_norm", scored ? correct_norm / (double)scored : NAN);
     mpk_pack_key_int(pk, "tokens_run", after.tokens_run - before.tokens_run);
     mpk_pack_key_int(pk, "tokens_shared", after.tokens_shared - before.tokens_shared);
-    mpk_pack_key_double(pk, "wall_s", now() - t0);
+    mpk_pack_key_double(pk, "wall_s", upc_now() - t0);
     mpk_writer_emit(ev->rec);
     fprintf(stderr, "evaluate: %s: %s/%d-shot acc %.4f over %zu items (%.1f s)\n", ev->path, spec->label, fewshot, acc,
-            scored, now() - t0);
+            scored, upc_now() - t0);
     icl_dataset_free(&ds);
 }
 

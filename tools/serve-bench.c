@@ -77,12 +77,6 @@ typedef struct {
     bool per_request;
 } options;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* "a,b,c" -> doubles (inf allowed for rates); fails naming the option. */
 static double *parse_list(const char *opt, const char *s, size_t *n, bool allow_inf)
@@ -273,12 +267,12 @@ static void serve(server *S, const request *reqs, size_t n, int closed, live *lv
     int32_t *rows_id = upc_malloc((size_t)max_rows * sizeof *rows_id);
     bool *rows_want = upc_malloc((size_t)max_rows * sizeof *rows_want);
     size_t *rows_req = upc_malloc((size_t)max_rows * sizeof *rows_req);
-    double t0 = now();
+    double t0 = upc_now();
     if (closed)
         for (size_t i = 0; i < n && i < (size_t)closed; i++)
             lv[i].t.arrival_s = 0, arrived++;
     while (finished < n) {
-        double t = now() - t0;
+        double t = upc_now() - t0;
         if (!closed)
             while (arrived < n && reqs[arrived].arrival_s <= t)
                 lv[arrived].t.arrival_s = reqs[arrived].arrival_s, arrived++;
@@ -318,7 +312,7 @@ static void serve(server *S, const request *reqs, size_t n, int closed, live *lv
         if (!nr) {
             /* idle until the next arrival */
             if (!closed && arrived < n) {
-                double wait = reqs[arrived].arrival_s - (now() - t0);
+                double wait = reqs[arrived].arrival_s - (upc_now() - t0);
                 if (wait > 0)
                     nanosleep(&(struct timespec){(time_t)wait, (long)((wait - (time_t)wait) * 1e9)}, NULL);
                 continue;
@@ -339,7 +333,7 @@ static void serve(server *S, const request *reqs, size_t n, int closed, live *lv
                 S->touched_decode_steps += (size_t)S->L->m->n_moe_layers;
             }
         }
-        double tt = now() - t0;
+        double tt = upc_now() - t0;
         int k = 0;
         for (int r = 0; r < nr && k < got; r++) {
             if (!rows_want[r])

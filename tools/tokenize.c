@@ -66,12 +66,6 @@ typedef struct {
     bool verbose;
 } options;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static bpe_tokenizer *load_tokenizer(const char *path)
 {
@@ -142,7 +136,7 @@ static int cmd_train(options *o, int nfiles, char **files)
     bpe_trainer *tr = bpe_trainer_new(&to, err, sizeof err);
     if (!tr)
         upc_fail(EX_USAGE, "%s", err);
-    double t0 = now();
+    double t0 = upc_now();
     size_t bytes = 0, docs = 0;
     for_each_document(nfiles, files, &o->split, feed_trainer, NULL, tr, &docs, &bytes);
     bpe_tokenizer *t = bpe_trainer_finish(tr, err, sizeof err);
@@ -153,7 +147,7 @@ static int cmd_train(options *o, int nfiles, char **files)
         char digest[32];
         bpe_digest(t, digest);
         upc_warn("learned %zu tokens from %zu documents (%.1f MB) in %.1f s -> %s (%s)",
-                 bpe_vocab_size(t), docs, (double)bytes / 1e6, now() - t0, o->output, digest);
+                 bpe_vocab_size(t), docs, (double)bytes / 1e6, upc_now() - t0, o->output, digest);
     }
     bpe_free(t);
     return 0;
@@ -311,7 +305,7 @@ static int cmd_encode(options *o, int nfiles, char **files)
     e.w = &w;
     tokstream_write_header(&w, &h);
 
-    double t0 = now();
+    double t0 = upc_now();
     static char *stdin_only[] = {"-"};
     if (nfiles == 0) {
         nfiles = 1;
@@ -320,7 +314,7 @@ static int cmd_encode(options *o, int nfiles, char **files)
     /* The batch points into each file's mapping: flush before unmapping. */
     for_each_document(nfiles, files, &o->split, add_doc_cb, flush_batch_cb, &e, NULL, NULL);
     mpk_writer_commit(&w);
-    double dt = now() - t0;
+    double dt = upc_now() - t0;
     if (o->verbose || isatty(STDERR_FILENO))
         upc_warn("encoded %llu documents, %.2f MB -> %llu tokens (%.2f bytes/token) in %.2f s, %.1f MB/s on %d threads",
                  (unsigned long long)e.docs, (double)e.bytes / 1e6, (unsigned long long)e.tokens,

@@ -361,12 +361,6 @@ static void fail_together(const run *r, int code, const char *fmt, ...)
     exit(code);
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static bool exists(const char *path)
 {
@@ -552,11 +546,11 @@ static void evaluate(run *r)
 {
     if (!r->val)   /* opened by process 0 only */
         return;
-    double t0 = now();
+    double t0 = upc_now();
     long long n;
     double ce = lm_heldout_loss(r->m, r->val, (size_t)r->o.micro_batch, (size_t)r->o.seq_len,
                                 (uint64_t)r->o.eval_tokens, &n);
-    pack_eval(r, ce, n, now() - t0);
+    pack_eval(r, ce, n, upc_now() - t0);
     if (r->tty)
         fprintf(stderr, "\r\033[Ktrain: step %lld  val loss %.4f  ppl %.2f  (%lld tokens)\n", r->st.step, ce, exp(ce),
                 n);
@@ -756,7 +750,7 @@ static uint64_t jitter_key(const run *r, long long step, size_t index)
 static int train_step(run *r, long long step)
 {
     model *m = r->m;
-    double t0 = now();
+    double t0 = upc_now();
     const loader_batch *b = loader_next(r->train);
     size_t mb = (size_t)r->o.micro_batch, T = (size_t)r->o.seq_len;
     size_t share = (size_t)r->o.batch / (size_t)r->world, first = (size_t)r->rank * share;
@@ -798,7 +792,7 @@ static int train_step(run *r, long long step)
     double lr = lr_at(&r->sched, step);
     double scale = r->o.clip > 0 && gnorm > r->o.clip ? r->o.clip / gnorm : 1.0;
     optim_step(r->opt, m, lr, scale);
-    double wall = now() - t0;
+    double wall = upc_now() - t0;
     r->st.step = step;
     r->st.tokens += step_tokens;
     r->st.elapsed_s += wall;

@@ -693,7 +693,7 @@ int main(int argc, char **argv)
     char why[320];
     C = kernels_cpu();
     bool self = argc > 1 && strcmp(argv[1], "--cpu") == 0;
-    G = self ? kernels_cpu() : upc_backend_find("cuda", why, sizeof why);
+    G = upc_backend_find(self ? "cpu" : "cuda", why, sizeof why);
     if (!G) {
         printf("%s\n", why);
         return 77;
