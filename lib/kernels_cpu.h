@@ -19,6 +19,12 @@
  * token runs dozens of such small kernels. */
 #define CPU_PARALLEL_MIN ((size_t)1 << 15)
 
+/* kernels_cpu_expf.c: x[i] = expf(x[i]), vectorised; an element's result
+ * depends only on its value (not its position or n). */
+void cpu_expf_inplace(float *x, size_t n);
+/* Elements an exponential loop stages at a time (on the stack). */
+enum { CPU_EXP_CHUNK = 256 };
+
 /* kernels_cpu_gemm.c */
 void cpu_bf16_weights(const upc_kernels *K, const float *w, size_t n);
 void cpu_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k,

@@ -2,7 +2,8 @@
  * CPU, as blocks of SGEMM: for each (batch, query head) and each block of
  * query rows [t0, t1), the scores against keys [0, t1) are one product, the
  * causal softmax runs row by row (exact, two passes, sums in double), and
- * the output is a second product; the backward recomputes the scores from
+ * the output is a second product (the exponentials a row at a time through
+ * the vector expf); the backward recomputes the scores from
  * the saved logsumexp and uses four products. The block stops at t1, so
  * about half of the masked upper triangle is never computed. OpenBLAS
  * threads each product, OpenMP the row-wise softmax; neither splits a sum,
@@ -28,6 +29,27 @@ static void mm(int ta, int tb, int m, int n, int k, float alpha, const float *A,
                 alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
+/* x[0..n) becomes softmax(x) (n >= 1); returns logsumexp(x). The exponentials
+ * in one vector pass (kernels_cpu_expf.c), the sum in double. */
+static float softmax_row_inplace(float *x, int n)
+{
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int j = 0; j < n; j++)
+        m = x[j] > m ? x[j] : m;
+    for (int j = 0; j < n; j++)
+        x[j] -= m;
+    cpu_expf_inplace(x, (size_t)n);
+    double l = 0.0;
+#pragma omp simd reduction(+ : l)
+    for (int j = 0; j < n; j++)
+        l += x[j];
+    float inv = (float)(1.0 / l);
+    for (int j = 0; j < n; j++)
+        x[j] *= inv;
+    return m + (float)log(l);
+}
+
 void cpu_attention_causal_head(const float *q, size_t qs, const float *k, const float *v, size_t ks, int pos0,
                                int rows, int hd, float scale, float *out, float *lse, float *S)
 {
@@ -39,20 +61,10 @@ void cpu_attention_causal_head(const float *q, size_t qs, const float *k, const 
         for (int r = 0; r < nr; r++) {
             float *s = S + (size_t)r * keys;
             int last = pos0 + t0 + r;   /* keys 0..last are visible */
-            float m = -INFINITY;
-            for (int j = 0; j <= last; j++)
-                m = s[j] > m ? s[j] : m;
-            double l = 0.0;
-            for (int j = 0; j <= last; j++) {
-                s[j] = expf(s[j] - m);
-                l += s[j];
-            }
-            float inv = (float)(1.0 / l);
-            for (int j = 0; j <= last; j++)
-                s[j] *= inv;
+            float l = softmax_row_inplace(s, last + 1);
             memset(s + last + 1, 0, (size_t)(keys - last - 1) * sizeof(float));
             if (lse)
-                lse[t0 + r] = m + (float)log(l);
+                lse[t0 + r] = l;
         }
         mm(0, 0, nr, hd, keys, 1.0f, S, (size_t)keys, v, ks, 0.0f, out + (size_t)t0 * qs, qs);
     }
@@ -118,10 +130,11 @@ void cpu_attention_bwd(const upc_kernels *K, const float *q, const float *k,
                     for (int i = 0; i < hd; i++)
                         Dr += g[i] * o[i];
                     int last = t0 + r;
-                    for (int j = 0; j <= last; j++) {
-                        p[j] = expf(p[j] - lb[r]);
+                    for (int j = 0; j <= last; j++)
+                        p[j] -= lb[r];
+                    cpu_expf_inplace(p, (size_t)last + 1);
+                    for (int j = 0; j <= last; j++)
                         ds[j] = p[j] * (ds[j] - Dr) * scale;
-                    }
                     size_t rest = (size_t)(t1 - last - 1) * sizeof(float);
                     memset(p + last + 1, 0, rest);
                     memset(ds + last + 1, 0, rest);
@@ -145,7 +158,7 @@ void cpu_attn_softmax_fwd(const upc_kernels *K, float *S, float *lse, int n, int
     for (size_t r = 0; r < rows; r++) {
         int i = (int)(r % (size_t)T);
         float *x = S + r * T;
-        lse[r] = upc_softmax_row(x, x, i + 1);
+        lse[r] = softmax_row_inplace(x, i + 1);
         memset(x + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
     }
 }

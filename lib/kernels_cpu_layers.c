@@ -140,9 +140,17 @@ void cpu_rope_bwd(const upc_kernels *K, const float *dy, float *dx, int B, int T
 void cpu_swiglu_fwd(const upc_kernels *K, const float *gate, const float *up,
                     float *out, size_t n)
 {
+    size_t chunks = (n + CPU_EXP_CHUNK - 1) / CPU_EXP_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= CPU_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++)
-        out[i] = upc_silu(gate[i]) * up[i];
+    for (size_t c = 0; c < chunks; c++) {
+        size_t i0 = c * CPU_EXP_CHUNK, len = n - i0 < CPU_EXP_CHUNK ? n - i0 : CPU_EXP_CHUNK;
+        float s[CPU_EXP_CHUNK];
+        for (size_t i = 0; i < len; i++)
+            s[i] = -gate[i0 + i];
+        cpu_expf_inplace(s, len);
+        for (size_t i = 0; i < len; i++)   /* out may be gate or up: read first */
+            out[i0 + i] = upc_silu_s(gate[i0 + i], upc_sigmoid_of_exp(s[i])) * up[i0 + i];
+    }
 }
 
 void cpu_jitter_scale(const upc_kernels *K, float *x, size_t n, float eps, uint64_t key)
@@ -155,7 +163,16 @@ void cpu_jitter_scale(const upc_kernels *K, float *x, size_t n, float eps, uint6
 void cpu_swiglu_bwd(const upc_kernels *K, const float *gate, const float *up,
                     const float *dout, float *dgate, float *dup, size_t n)
 {
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        upc_swiglu_bwd_elem(gate[i], up[i], dout[i], &dgate[i], &dup[i]);
+    size_t chunks = (n + CPU_EXP_CHUNK - 1) / CPU_EXP_CHUNK;
+#pragma omp parallel for schedule(static) if (n >= CPU_PARALLEL_MIN)
+    for (size_t c = 0; c < chunks; c++) {
+        size_t i0 = c * CPU_EXP_CHUNK, len = n - i0 < CPU_EXP_CHUNK ? n - i0 : CPU_EXP_CHUNK;
+        float s[CPU_EXP_CHUNK];
+        for (size_t i = 0; i < len; i++)
+            s[i] = -gate[i0 + i];
+        cpu_expf_inplace(s, len);
+        for (size_t i = 0; i < len; i++)
+            upc_swiglu_bwd_elem_s(gate[i0 + i], up[i0 + i], dout[i0 + i], upc_sigmoid_of_exp(s[i]), &dgate[i0 + i],
+                                  &dup[i0 + i]);
+    }
 }

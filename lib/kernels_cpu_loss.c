@@ -1,17 +1,26 @@
 /* kernels_cpu_loss.c: softmax cross-entropy over the vocabulary, one row per
- * token, rows in parallel; row sums in double. */
+ * token, rows in parallel; row sums in double; the exponentials a chunk at a
+ * time through the vector expf (kernels_cpu_expf.c). */
 #include "kernels_cpu.h"
 #include "kernels_math.h"
 
 static float row_logsumexp(const float *x, int V)
 {
     float m = x[0];
+#pragma omp simd reduction(max : m)
     for (int j = 1; j < V; j++)
-        if (x[j] > m)
-            m = x[j];
+        m = x[j] > m ? x[j] : m;
     double l = 0.0;
-    for (int j = 0; j < V; j++)
-        l += exp((double)(x[j] - m));
+    float e[CPU_EXP_CHUNK];
+    for (int j0 = 0; j0 < V; j0 += CPU_EXP_CHUNK) {
+        int len = V - j0 < CPU_EXP_CHUNK ? V - j0 : CPU_EXP_CHUNK;
+        for (int j = 0; j < len; j++)
+            e[j] = x[j0 + j] - m;
+        cpu_expf_inplace(e, (size_t)len);
+#pragma omp simd reduction(+ : l)
+        for (int j = 0; j < len; j++)
+            l += e[j];
+    }
     return m + (float)log(l);
 }
 
@@ -53,8 +62,15 @@ void cpu_cross_entropy_bwd(const upc_kernels *K, const float *logits,
             continue;
         }
         float l = lse ? lse[r] : row_logsumexp(x, V);
-        for (int j = 0; j < V; j++) /* dx may be x: read before write */
-            dx[j] = expf(x[j] - l) * scale;
+        float e[CPU_EXP_CHUNK];
+        for (int j0 = 0; j0 < V; j0 += CPU_EXP_CHUNK) {
+            int len = V - j0 < CPU_EXP_CHUNK ? V - j0 : CPU_EXP_CHUNK;
+            for (int j = 0; j < len; j++)   /* dx may be x: read before write */
+                e[j] = x[j0 + j] - l;
+            cpu_expf_inplace(e, (size_t)len);
+            for (int j = 0; j < len; j++)
+                dx[j0 + j] = e[j] * scale;
+        }
         dx[t] -= scale;
     }
 }

@@ -17,30 +17,52 @@
 
 /* ---- activations --------------------------------------------------------- */
 
-static inline UPC_HD float upc_sigmoid(float x)
+/* sigmoid(x) from e = expf(-x), for callers that take many exponentials at
+ * once (the CPU backend's vector expf) */
+static inline UPC_HD float upc_sigmoid_of_exp(float e)
 {
-    return 1.0f / (1.0f + expf(-x));
+    return 1.0f / (1.0f + e);
 }
 
-/* silu(x) = x * sigmoid(x) */
+static inline UPC_HD float upc_sigmoid(float x)
+{
+    return upc_sigmoid_of_exp(expf(-x));
+}
+
+/* silu(x) = x * sigmoid(x) = x * s */
+static inline UPC_HD float upc_silu_s(float x, float s)
+{
+    return x * s;
+}
+
 static inline UPC_HD float upc_silu(float x)
 {
-    return x * upc_sigmoid(x);
+    return upc_silu_s(x, upc_sigmoid(x));
 }
 
 /* d silu / dx = s * (1 + x * (1 - s)), s = sigmoid(x) */
-static inline UPC_HD float upc_silu_grad(float x)
+static inline UPC_HD float upc_silu_grad_s(float x, float s)
 {
-    float s = upc_sigmoid(x);
     return s * (1.0f + x * (1.0f - s));
 }
 
-/* SwiGLU backward for one element: out = silu(g) * u. */
+static inline UPC_HD float upc_silu_grad(float x)
+{
+    return upc_silu_grad_s(x, upc_sigmoid(x));
+}
+
+/* SwiGLU backward for one element: out = silu(g) * u, s = sigmoid(g). */
+static inline UPC_HD void upc_swiglu_bwd_elem_s(float g, float u, float dout, float s,
+                                                float *dg, float *du)
+{
+    *dg = dout * u * upc_silu_grad_s(g, s);
+    *du = dout * upc_silu_s(g, s);
+}
+
 static inline UPC_HD void upc_swiglu_bwd_elem(float g, float u, float dout,
                                               float *dg, float *du)
 {
-    *dg = dout * u * upc_silu_grad(g);
-    *du = dout * upc_silu(g);
+    upc_swiglu_bwd_elem_s(g, u, dout, upc_sigmoid(g), dg, du);
 }
 
 /* ---- bfloat16 ----------------------------------------------------------------

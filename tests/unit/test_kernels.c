@@ -550,6 +550,39 @@ static void test_swiglu(void)
     K->free(K, dg), K->free(K, du), K->free(K, out), K->free(K, dr), K->free(K, gg), K->free(K, gu);
 }
 
+/* The CPU's exponentials go through a vector expf a group at a time
+ * (kernels_cpu_expf.c); an element must get the same bits wherever it sits,
+ * or the upcycling identity and the thread-count independence would break:
+ * SwiGLU of every slice of 19 inputs equals the same elements of the
+ * full-length run, bit for bit, and the cross-entropy of a row is the same
+ * alone and among others. */
+static void test_exp_position(void)
+{
+    enum { N = 19 };
+    float *g = host_rand(N, -8, 8), *u = host_rand(N, -2, 2), full[N], part[N];
+    K->swiglu_fwd(K, g, u, full, N);
+    int moved = 0;
+    for (int n = 1; n <= N; n++)
+        for (int off = 0; off + n <= N; off++) {
+            K->swiglu_fwd(K, g + off, u + off, part, (size_t)n);
+            moved += memcmp(part, full + off, (size_t)n * sizeof *part) != 0;
+        }
+    CHECK_MSG(moved == 0, "swiglu_fwd: %d slices gave other bits than the full run", moved);
+    float dgf[N], duf[N], dgp[N], dup[N];
+    K->swiglu_bwd(K, g, u, u, dgf, duf, N);
+    K->swiglu_bwd(K, g + 3, u + 3, u + 3, dgp, dup, 5);
+    CHECK_MSG(memcmp(dgp, dgf + 3, 5 * sizeof *dgp) == 0 && memcmp(dup, duf + 3, 5 * sizeof *dup) == 0,
+              "swiglu_bwd: a slice gave other bits than the full run");
+    /* rows of 11 logits: row 2 alone against row 2 of three */
+    float *logits = host_rand(3 * 11, -6, 6), loss3[3], lse3[3], loss1, lse1;
+    int32_t targets[3] = {4, 0, 10};
+    K->cross_entropy_fwd(K, logits, targets, loss3, lse3, 3, 11);
+    K->cross_entropy_fwd(K, logits + 22, targets + 2, &loss1, &lse1, 1, 11);
+    CHECK_MSG(memcmp(&lse1, &lse3[2], sizeof lse1) == 0 && memcmp(&loss1, &loss3[2], sizeof loss1) == 0,
+              "cross_entropy_fwd: a row alone gave other bits");
+    free(g), free(u), free(logits);
+}
+
 /* Router jitter: factors in [1 - eps, 1 + eps) with the uniform's mean and
  * spread, the same for the same key (so the backward draws the forward's),
  * others for another key, and no change at eps 0. */
@@ -877,6 +910,7 @@ int main(void)
     test_rope();
     test_attention();
     test_swiglu();
+    test_exp_position();
     test_jitter();
     test_cross_entropy();
     test_optim();
