@@ -101,11 +101,13 @@ deps:
 	@scripts/deps
 
 test: deps all emu
-	UPCYC_BIN=$(abspath $(BIN)) UPCYC_UNIT=$(abspath $(BUILD)/tests) UPCYC_EMU=$(abspath $(BUILD)/emu/tests) bats tests/
+	UPCYC_BIN=$(abspath $(BIN)) UPCYC_UNIT=$(abspath $(BUILD)/tests) UPCYC_EMU=$(abspath $(BUILD)/emu/tests) \
+	UPCYC_CUDA_BIN=$(abspath $(BUILD)/emu/bin) bats tests/
 
 # The CUDA sources (gpu/*.cu) on an emulated device (tests/emu: host threads
 # for CUDA threads, OpenBLAS for cuBLAS), so that tests/emu.bats runs the GPU
-# harnesses without a GPU: builds $(BUILD)/emu/ from this build's libupcyc.a.
+# harnesses and tests/cuda_tools.bats the tools with --device cuda without a
+# GPU: builds $(BUILD)/emu/ from this build's libupcyc.a.
 emu: $(BUILD)/libupcyc.a
 	BUILD=$(BUILD) SANITIZE=$(SANITIZE) NO_TESTS=1 scripts/check-emu
 
@@ -114,6 +116,7 @@ emu: $(BUILD)/libupcyc.a
 check-sanitize: deps
 	$(MAKE) SANITIZE=1 BUILD=build-san BIN=build-san/bin all emu
 	UPCYC_BIN=$(abspath build-san/bin) UPCYC_UNIT=$(abspath build-san/tests) UPCYC_EMU=$(abspath build-san/emu/tests) \
+	UPCYC_CUDA_BIN=$(abspath build-san/emu/bin) \
 	UPCYC_EMU_TRAIN=0 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 bats tests/
 
 # The CUDA backend against the CPU on a GPU machine, then bench/gpu (builds

@@ -18,6 +18,7 @@
  * offsets on the device, unless UPC_GROUPED=cublas. */
 #include "cuda_internal.cuh"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* C[m][n] = beta * C, beta == 0 overwriting (NaN included). */
@@ -154,6 +155,49 @@ static const __nv_bfloat16 *bf16_operand(const upc_kernels *K, const char *kerne
     return out;
 }
 
+/* UPC_BF16_GEMM=fast: the bf16 table's GEMMs hand cuBLAS the fp32 operands
+ * with CUBLAS_COMPUTE_32F_FAST_16BF, which rounds them to bf16 inside the
+ * GEMM, instead of packing rounded copies first (a read and a write of
+ * every activation operand per GEMM). Opt-in until a device run shows that
+ * cuBLAS rounds as upc_round_bf16 does (test_gpu_kernels in this mode,
+ * tests/gpu.bats) and that it is faster (bench/gpu); "pack" (the default)
+ * packs. */
+bool cuda_bf16_gemm_fast(void)
+{
+    static int fast = -1;
+    if (fast < 0) {
+        const char *v = getenv("UPC_BF16_GEMM");
+        if (!v || !*v || strcmp(v, "pack") == 0)
+            fast = 0;
+        else if (strcmp(v, "fast") == 0)
+            fast = 1;
+        else
+            upc_fail(EX_USAGE, "UPC_BF16_GEMM=%s: expected pack (the default) or fast", v);
+    }
+    return fast;
+}
+
+/* Row-major C = alpha op(A) op(B) + beta C, fp32 operands rounded to bf16
+ * by cuBLAS (UPC_BF16_GEMM=fast), fp32 accumulation and C; `batch` matrices
+ * `stride_*` apart. */
+static void gemm_fast(const upc_kernels *K, const char *kernel, int trans_a, int trans_b, int m, int n, int k,
+                      float alpha, const float *A, int lda, long long stride_a, const float *B, int ldb,
+                      long long stride_b, float beta, float *C, int ldc, long long stride_c, int batch)
+{
+    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (batch == 1)
+        BLAS_CHECK(cublasGemmEx(CTX(K)->blas, op_b, op_a, n, m, k, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda,
+                                &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT),
+                   kernel);
+    else
+        BLAS_CHECK(cublasGemmStridedBatchedEx(CTX(K)->blas, op_b, op_a, n, m, k, &alpha, B, CUDA_R_32F, ldb, stride_b, A,
+                                              CUDA_R_32F, lda, stride_a, &beta, C, CUDA_R_32F, ldc, stride_c, batch,
+                                              CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT),
+                   kernel);
+    if (CTX(K)->debug_sync)
+        cuda_after_launch(K, kernel);
+}
+
 /* Row-major C = alpha op(A) op(B) + beta C on packed bf16 operands (leading
  * dimensions their column counts), fp32 accumulation and C. */
 static void gemm_ex(const upc_kernels *K, const char *kernel, int trans_a, int trans_b, int m, int n, int k,
@@ -178,6 +222,10 @@ static void mm(const upc_kernels *K, const char *kernel, bool bf16, int trans_a,
         return;
     if (!bf16 || m == 0 || n == 0 || k == 0 || alpha == 0.0f) {
         sgemm(K, kernel, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    if (cuda_bf16_gemm_fast()) {
+        gemm_fast(K, kernel, trans_a, trans_b, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
         return;
     }
     long long stride_a = 0, stride_b = 0;   /* one matrix each */
@@ -212,6 +260,11 @@ void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int
         return;
     }
     cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (bf16 && cuda_bf16_gemm_fast()) {
+        gemm_fast(K, kernel, trans_a, trans_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
+                  stride_c, batch);
+        return;
+    }
     if (!bf16) {
         BLAS_CHECK(cublasSgemmStridedBatched(CTX(K)->blas, op_b, op_a, n, m, k, &alpha, B, ldb, stride_b, A, lda,
                                              stride_a, &beta, C, ldc, stride_c, batch),

@@ -199,6 +199,10 @@ void cu_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int
                              int ldb, long long stride_b, float beta, float *C, int ldc,
                              long long stride_c, int batch);
 void cu_bf16_weights(const upc_kernels *K, const float *w, size_t n);
+/* UPC_BF16_GEMM=fast: bf16 GEMMs on fp32 operands with cuBLAS's
+ * CUBLAS_COMPUTE_32F_FAST_16BF instead of packed bf16 copies (read once;
+ * a value other than pack or fast fails with EX_USAGE) */
+bool cuda_bf16_gemm_fast(void);
 /* The bf16 copy (__nv_bfloat16) of x[0..span) when it lies inside the
  * weights registered with bf16_weights, else NULL. */
 const void *cuda_registered_bf16(const upc_kernels *K, const float *x, size_t span);

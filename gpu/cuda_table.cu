@@ -245,6 +245,7 @@ static int init_device(void)
     }
     const char *dbg = getenv("UPC_CUDA_SYNC");
     c->debug_sync = dbg && *dbg && strcmp(dbg, "0") != 0;
+    cuda_bf16_gemm_fast();   /* a bad UPC_BF16_GEMM fails now, not at the first bf16 GEMM */
     fill_table(&the_table);
     return 1;
 }

@@ -54,6 +54,18 @@ show_failures() {
     }
 }
 
+@test "emu: UPC_BF16_GEMM=fast hands cuBLAS fp32 operands to round (as the emulation does: to nearest even); a bad value fails at once" {
+    require_emu test_gpu_kernels
+    UPC_BF16_GEMM=fast run "$UPCYC_EMU/test_gpu_kernels"
+    show_failures
+    assert_status 0
+    assert_output_contains "test_gpu_kernels: all"
+    UPC_BF16_GEMM=packed run "$UPCYC_EMU/test_gpu_kernels"
+    assert_status 64
+    assert_one_error_line test_gpu_kernels
+    assert_output_contains "UPC_BF16_GEMM=packed: expected pack (the default) or fast"
+}
+
 @test "emu: bad data seen only on the device fails the tool naming the kernel (device error word)" {
     require_emu test_gpu_kernels
     run "$UPCYC_EMU/test_gpu_kernels" --bad-id

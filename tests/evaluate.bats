@@ -86,6 +86,7 @@ JSON
     # shellcheck disable=SC2086
     UPC_BF16_WEIGHTS=0 evaluate $args --precision bf16 "$D/ckpt" > "$TMP/h0.mpk" 2> /dev/null
     [ "$(records json < "$TMP/f.mpk" | jq -r 'select(.event=="summary") | .precision')" = fp32 ]
+    [ "$(records json < "$TMP/f.mpk" | jq -r 'select(.event=="summary") | .device')" = cpu ]
     [ "$(records json < "$TMP/h.mpk" | jq -r 'select(.event=="summary") | .precision')" = bf16 ]
     f=$(records json < "$TMP/f.mpk" | jq -r 'select(.event=="lm") | .loss')
     h=$(records json < "$TMP/h.mpk" | jq -r 'select(.event=="lm") | .loss')

@@ -75,6 +75,18 @@ run_gpu() {
     assert_output_contains "test_gpu_kernels --grouped: all"
 }
 
+@test "CUDA: UPC_BF16_GEMM=fast (cuBLAS rounds the fp32 operands itself) rounds as the CPU does: kernels and a training step" {
+    require_unit test_gpu_kernels
+    UPC_BF16_GEMM=fast run_gpu "$UPCYC_UNIT/test_gpu_kernels"
+    echo "$output"
+    assert_status 0
+    assert_output_contains "test_gpu_kernels: all"
+    UPC_BF16_GEMM=fast run_gpu "$UPCYC_UNIT/test_gpu_model" step "$CONFIG"
+    echo "$output"
+    assert_status 0
+    assert_output_contains "test_gpu_model step: all"
+}
+
 @test "CUDA: bad data seen only on the device fails the tool naming the kernel" {
     require_unit test_gpu_kernels
     run_gpu "$UPCYC_UNIT/test_gpu_kernels" --bad-id

@@ -615,11 +615,12 @@ static void summary(evaluator *ev, const gauntlet *g)
     if (g)
         gauntlet_score(g, lookup_acc, ev, cats, &core);
     msgpack_packer *pk = &ev->rec->pk;
-    msgpack_pack_map(pk, 6 + 2 * ev->have_lm + 2 * (g != NULL));
+    msgpack_pack_map(pk, 7 + 2 * ev->have_lm + 2 * (g != NULL));
     mpk_pack_key_str(pk, "event", "summary");
     mpk_pack_key_str(pk, "model", ev->path);
     mpk_pack_key_int(pk, "params", p.total);
     mpk_pack_key_int(pk, "active_params", p.active);
+    mpk_pack_key_str(pk, "device", ev->m->K->name);
     mpk_pack_key_str(pk, "precision", ev->m->K->precision);
     mpk_pack_key_int(pk, "tasks", (int64_t)ev->n_results);
     if (ev->have_lm) {

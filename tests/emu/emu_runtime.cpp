@@ -8,6 +8,7 @@
  * EMU_STACK_KB (fiber stack, default 256). */
 #include "cuda_runtime.h"
 #include "cublas_v2.h"
+#include "cuda_bf16.h"
 #include "cub/device/device_radix_sort.cuh"
 
 #include <cblas.h>
@@ -891,18 +892,22 @@ static bool operand_on_device(const char *fn, const char *name, const void *p, i
 }
 
 /* The operand as fp32 (bf16 expanded exactly; only the elements the GEMM
- * reads are read). */
-static const float *as_float(const blas_operand &o, std::vector<float> &tmp)
+ * reads are read); with round16 (CUBLAS_COMPUTE_32F_FAST_16BF) an fp32
+ * operand rounded to bf16 first, to nearest even, as its tensor cores are
+ * fed (an assumption a real device checks: tests/gpu.bats). */
+static const float *as_float(const blas_operand &o, std::vector<float> &tmp, bool round16)
 {
-    if (o.type == CUDA_R_32F)
+    if (o.type == CUDA_R_32F && !round16)
         return (const float *)o.p;
     size_t span = o.rows && o.cols ? (size_t)(o.cols - 1) * (size_t)o.ld + (size_t)o.rows : 0;
     tmp.assign(span, 0.0f);
     const uint16_t *h = (const uint16_t *)o.p;
+    const float *f = (const float *)o.p;
     for (int c = 0; c < o.cols; c++)
         for (int r = 0; r < o.rows; r++) {
             size_t i = (size_t)c * o.ld + r;
-            tmp[i] = __uint_as_float((unsigned)h[i] << 16);
+            tmp[i] = o.type == CUDA_R_32F ? __bfloat162float(__float2bfloat16(f[i]))
+                                          : __uint_as_float((unsigned)h[i] << 16);
         }
     return tmp.data();
 }
@@ -910,7 +915,8 @@ static const float *as_float(const blas_operand &o, std::vector<float> &tmp)
 static cublasStatus_t gemm_batched(const char *fn, cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
                                    int m, int n, int k, const float *alpha_p, const void *A, cudaDataType at, int lda,
                                    long long sa, const void *B, cudaDataType bt, int ldb, long long sb,
-                                   const float *beta_p, float *C, int ldc, long long sc, int batch)
+                                   const float *beta_p, float *C, int ldc, long long sc, int batch,
+                                   bool round16 = false)
 {
     if (!h)
         return CUBLAS_STATUS_NOT_INITIALIZED;
@@ -942,8 +948,8 @@ static cublasStatus_t gemm_batched(const char *fn, cublasHandle_t h, cublasOpera
             }
         if (!products)
             continue;
-        const float *fa = as_float(blas_operand{a, at, ar, ac, lda}, ta_buf);
-        const float *fb = as_float(blas_operand{bb, bt, br, bc, ldb}, tb_buf);
+        const float *fa = as_float(blas_operand{a, at, ar, ac, lda}, ta_buf, round16);
+        const float *fb = as_float(blas_operand{bb, bt, br, bc, ldb}, tb_buf, round16);
         cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
                     tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, alpha, fa, lda, fb, ldb, 1.0f, c, ldc);
     }
@@ -983,7 +989,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     if (!ex_types_supported(at, bt, ct, compute))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     return gemm_batched("cublasGemmEx", h, ta, tb, m, n, k, (const float *)alpha, A, at, lda, 0, B, bt, ldb, 0,
-                        (const float *)beta, (float *)C, ldc, 0, 1);
+                        (const float *)beta, (float *)C, ldc, 0, 1, compute == CUBLAS_COMPUTE_32F_FAST_16BF);
 }
 
 cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
@@ -995,7 +1001,7 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta
     if (!ex_types_supported(at, bt, ct, compute))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     return gemm_batched("cublasGemmStridedBatchedEx", h, ta, tb, m, n, k, (const float *)alpha, A, at, lda, sa, B, bt,
-                        ldb, sb, (const float *)beta, (float *)C, ldc, sc, batch);
+                        ldb, sb, (const float *)beta, (float *)C, ldc, sc, batch, compute == CUBLAS_COMPUTE_32F_FAST_16BF);
 }
 
 /* ---- CUB radix sort --------------------------------------------------------------------------- */
