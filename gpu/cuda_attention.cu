@@ -292,25 +292,6 @@ attn_dq_kernel(const float *q, const float *k, const float *v, const float *lse,
     }
 }
 
-static void check_shape(const char *kernel, int B, int T, int Hq, int Hkv, int hd)
-{
-    CUDA_REQUIRE(B >= 0 && T >= 0 && Hq > 0 && Hkv > 0 && hd > 0, kernel, "bad size");
-    CUDA_REQUIRE(Hq % Hkv == 0, kernel, "query heads not a multiple of KV heads");
-    CUDA_REQUIRE(hd <= 256, kernel, "head dim above 256 is not supported by the CUDA kernels");
-    CUDA_REQUIRE((long long)B * Hq <= 65535 && (long long)B * Hkv <= 65535, kernel,
-                 "batch x heads above 65535 (grid y limit)");
-}
-
-/* Let kernel fn use `smem` bytes of dynamic shared memory (opting in above
- * the 48 KiB default; at most 227 KiB on sm_90, 140 KiB needed at hd 256). */
-template <typename F>
-static void allow_smem(const char *kernel, F *fn, size_t smem)
-{
-    if (smem > 48 * 1024)
-        CUDA_CHECK(cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-                   kernel, "raising the shared-memory limit");
-}
-
 #define PICK_MAXD(hd, call64, call128, call256)                                                 \
     do {                                                                                        \
         if ((hd) <= 64)                                                                         \
@@ -328,7 +309,7 @@ static void run_fwd(const upc_kernels *K, const float *q, const float *k, const 
     int sd = hd + 1;
     size_t smem = ((size_t)(BQ + 2 * BK) * sd + (size_t)BQ * (BK + 1)) * sizeof(float);
     dim3 grid((unsigned)((T + BQ - 1) / BQ), (unsigned)(B * Hq));
-    allow_smem("attention_fwd", attn_fwd_kernel<MAXD>, smem);
+    cuda_allow_smem("attention_fwd", attn_fwd_kernel<MAXD>, smem);
     attn_fwd_kernel<MAXD><<<grid, ATT_THREADS, smem>>>(q, k, v, out, lse, T, Hq, Hkv, hd, scale);
     cuda_after_launch(K, "attention_fwd");
 }
@@ -336,7 +317,7 @@ static void run_fwd(const upc_kernels *K, const float *q, const float *k, const 
 void cu_attention_fwd(const upc_kernels *K, const float *q, const float *k, const float *v, float *out,
                       float *lse, int B, int T, int Hq, int Hkv, int hd)
 {
-    check_shape("attention_fwd", B, T, Hq, Hkv, hd);
+    cuda_attention_check_shape("attention_fwd", B, T, Hq, Hkv, hd);
     if (B == 0 || T == 0)
         return;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -355,13 +336,13 @@ static void run_bwd(const upc_kernels *K, const float *q, const float *k, const 
     unsigned tiles = (unsigned)((T + BQ - 1) / BQ);
     size_t smem_kv = ((size_t)(2 * BK + 2 * BQ) * sd + 2 * (size_t)BK * (BQ + 1) + 2 * BQ) * sizeof(float);
     dim3 grid_kv(tiles, (unsigned)(B * Hkv));
-    allow_smem(kernel, attn_dkdv_kernel<MAXD>, smem_kv);
+    cuda_allow_smem(kernel, attn_dkdv_kernel<MAXD>, smem_kv);
     attn_dkdv_kernel<MAXD><<<grid_kv, ATT_THREADS, smem_kv>>>(q, k, v, lse, D, dout, dk, dv, T, Hq, Hkv, hd,
                                                               scale);
     cuda_after_launch(K, kernel);
     size_t smem_q = ((size_t)(2 * BQ + 2 * BK) * sd + (size_t)BQ * (BK + 1)) * sizeof(float);
     dim3 grid_q(tiles, (unsigned)(B * Hq));
-    allow_smem(kernel, attn_dq_kernel<MAXD>, smem_q);
+    cuda_allow_smem(kernel, attn_dq_kernel<MAXD>, smem_q);
     attn_dq_kernel<MAXD><<<grid_q, ATT_THREADS, smem_q>>>(q, k, v, lse, D, dout, dq, T, Hq, Hkv, hd, scale);
     cuda_after_launch(K, kernel);
 }
@@ -371,7 +352,7 @@ void cu_attention_bwd(const upc_kernels *K, const float *q, const float *k, cons
                       float *dv, int B, int T, int Hq, int Hkv, int hd)
 {
     const char *kernel = "attention_bwd";
-    check_shape(kernel, B, T, Hq, Hkv, hd);
+    cuda_attention_check_shape(kernel, B, T, Hq, Hkv, hd);
     if (B == 0 || T == 0)
         return;
     const float scale = 1.0f / sqrtf((float)hd);

@@ -189,6 +189,27 @@ static __device__ __forceinline__ T block_max(T v, T *sh)
     return m;
 }
 
+/* Attention's shape limits, shared by the fp32 and bf16 kernels: EX_SOFTWARE
+ * naming the kernel otherwise. */
+static inline void cuda_attention_check_shape(const char *kernel, int B, int T, int Hq, int Hkv, int hd)
+{
+    CUDA_REQUIRE(B >= 0 && T >= 0 && Hq > 0 && Hkv > 0 && hd > 0, kernel, "bad size");
+    CUDA_REQUIRE(Hq % Hkv == 0, kernel, "query heads not a multiple of KV heads");
+    CUDA_REQUIRE(hd <= 256, kernel, "head dim above 256 is not supported by the CUDA kernels");
+    CUDA_REQUIRE((long long)B * Hq <= 65535 && (long long)B * Hkv <= 65535, kernel,
+                 "batch x heads above 65535 (grid y limit)");
+}
+
+/* Let kernel fn use `smem` bytes of dynamic shared memory (opting in above
+ * the 48 KiB default; at most 227 KiB on sm_90). */
+template <typename F>
+static void cuda_allow_smem(const char *kernel, F *fn, size_t smem)
+{
+    if (smem > 48 * 1024)
+        CUDA_CHECK(cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                   kernel, "raising the shared-memory limit");
+}
+
 /* ---- entry points (one file per concern) ---------------------------------- */
 
 /* cuda_gemm.cu */
@@ -250,6 +271,9 @@ void cu_attention_fwd(const upc_kernels *K, const float *q, const float *k, cons
                       float *out, float *lse, int B, int T, int Hq, int Hkv, int hd);
 void cu_attn_softmax_fwd(const upc_kernels *K, float *S, float *lse, int n, int T);
 void cu_attn_softmax_bwd(const upc_kernels *K, const float *P, float *dP, int n, int T, float scale);
+/* cuda_attention_bf16.cu: the bf16 table's attention_fwd, on tensor cores */
+void cu_attention_fwd_bf16(const upc_kernels *K, const float *q, const float *k, const float *v, float *out,
+                           float *lse, int B, int T, int Hq, int Hkv, int hd);
 void cu_attention_bwd(const upc_kernels *K, const float *q, const float *k, const float *v,
                       const float *out, const float *lse, const float *dout, float *dq, float *dk,
                       float *dv, int B, int T, int Hq, int Hkv, int hd);

@@ -51,8 +51,10 @@ struct upc_kernels {
     /* "fp32", or "bf16": the table's GEMMs (gemm, gemm_strided_batched and
      * the grouped GEMMs) round both operands to bfloat16 (upc_round_bf16)
      * and accumulate in fp32, as tensor cores do; every other kernel, the
-     * weights and the optimizer state stay fp32. backend.h gives either
-     * table of a backend. */
+     * weights and the optimizer state stay fp32, except CUDA's bf16
+     * attention_fwd, which runs on tensor cores too (bf16 Q, K, V and
+     * probabilities; attention_gemm.h's rounding is its reference). backend.h
+     * gives either table of a backend. */
     const char *precision;
 
     /* ---- memory ---------------------------------------------------------

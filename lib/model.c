@@ -18,6 +18,24 @@ static size_t align_up(size_t n)
     return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
 }
 
+/* UPC_BF16_ATTENTION: "gemm" (the default: bf16 tables run attention's
+ * forward and backward through GEMMs) or "flash" (the forward through the
+ * table's attention_fwd; experimental until a GPU run compares them). */
+static bool bf16_attention_flash(void)
+{
+    static int flash = -1;
+    if (flash < 0) {
+        const char *v = getenv("UPC_BF16_ATTENTION");
+        if (!v || !*v || strcmp(v, "gemm") == 0)
+            flash = 0;
+        else if (strcmp(v, "flash") == 0)
+            flash = 1;
+        else
+            upc_fail(EX_USAGE, "UPC_BF16_ATTENTION=%s: expected gemm (the default) or flash", v);
+    }
+    return flash;
+}
+
 /* 0, 1, 2 for an expert's w1, w3, w2 tensor (its place in the stacked
  * blocks), -1 otherwise. */
 static int expert_kind(const char *name)
@@ -121,6 +139,7 @@ model *model_create(const upc_kernels *K, const model_config *cfg)
     m->capacity_factor = c->moe ? c->capacity_factor : 0.0;
     m->jitter = c->moe ? (float)c->router_jitter_noise : 0.0f;
     m->attention_gemm = strcmp(K->precision, "bf16") == 0;
+    m->attention_fused_fwd = m->attention_gemm && bf16_attention_flash();
     m->V = as_int(c->vocab_size, "vocab_size");
     m->d = as_int(c->hidden_size, "hidden_size");
     m->Hq = as_int(c->num_attention_heads, "num_attention_heads");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
 # cuda_tools: the tools end to end with --device cuda, against the same runs
 # on the CPU: train (dense fp32; an upcycled MoE on bf16 GEMMs; a resume that
-# continues bit for bit), evaluate and serve-bench. UPCYC_CUDA_BIN names the
+# continues bit for bit; the tensor-core attention forward), evaluate and
+# serve-bench. UPCYC_CUDA_BIN names the
 # tools built with a CUDA backend: `make test` gives the emulated device's
 # (BUILD/emu/bin, scripts/check-emu), `make gpu-check` the real one's.
 # Without them, or without a device, each test skips saying why.
@@ -99,6 +100,15 @@ same_losses() {
     same_losses "$TMP/cpu.mpk" "$TMP/gpu.mpk" 2e-2
     [ "$(records json < "$TMP/gpu.mpk" | jq -r 'select(.event=="train_start") | .precision')" = bf16 ]
     [ "$(jq .step "$TMP/gpu/trainer_state.json")" -eq 4 ]
+}
+
+@test "train --device cuda --precision bf16 with UPC_BF16_ATTENTION=flash (tensor-core attention forward) tracks the CPU's bf16 run" {
+    local args="$TRAIN --steps 4 --precision bf16"
+    # shellcheck disable=SC2086
+    UPC_BF16_ATTENTION=flash on_cuda train "$TMP/gpu.mpk" $args --out "$TMP/gpu"
+    # shellcheck disable=SC2086
+    train $args --out "$TMP/cpu" > "$TMP/cpu.mpk"
+    same_losses "$TMP/cpu.mpk" "$TMP/gpu.mpk" 2e-2
 }
 
 @test "train --device cuda: a resumed run continues bit for bit from the device's checkpoint" {

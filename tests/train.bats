@@ -370,6 +370,23 @@ losses() {
     ! grep -q "^grouped_gemm_fwd " "$TMP/dense-prof.err"
 }
 
+@test "train: UPC_BF16_ATTENTION=flash runs the bf16 forward through attention_fwd; a bad value fails before anything is written" {
+    local args="--init $D/tiny.json --data $D/shards/train --batch 4 --seq-len 32 --steps 2 --precision bf16"
+    # shellcheck disable=SC2086
+    train $args --out "$TMP/gemm" > "$TMP/gemm.mpk"
+    # shellcheck disable=SC2086
+    UPC_BF16_ATTENTION=flash train $args --out "$TMP/flash" > "$TMP/flash.mpk"
+    # on the CPU attention_fwd is fp32: close to the GEMMs' bf16 rounding, not equal
+    paste <(losses "$TMP/gemm.mpk") <(losses "$TMP/flash.mpk") |
+        awk '{ d = $2 - $5; if (d < 0) d = -d; if (d > 2e-2 || $2 == $5) bad = 1 } END { exit bad || NR != 2 }'
+    # shellcheck disable=SC2086
+    UPC_BF16_ATTENTION=fused run train $args --out "$TMP/bad"
+    assert_status 64
+    assert_one_error_line train
+    assert_output_contains "UPC_BF16_ATTENTION=fused: expected gemm (the default) or flash"
+    [ ! -e "$TMP/bad" ]
+}
+
 @test "train: data or tokenizer that do not fit the model are refused, nothing written" {
     sed 's/"vocab_size": 512/"vocab_size": 300/' "$D/tiny.json" > "$TMP/small.json"
     run train --init "$TMP/small.json" --data "$D/shards/train" --seq-len 32 --steps 2 --out "$TMP/o"

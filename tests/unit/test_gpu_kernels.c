@@ -443,6 +443,33 @@ static void test_attention_gemm(int B, int T, int Hq, int Hkv, int hd)
     tw_free(q), tw_free(k), tw_free(v), tw_free(dout), tw_free(scratch);
 }
 
+/* The bf16 tables' attention_fwd: CUDA's runs on tensor cores (flash, bf16
+ * Q, K, V and probabilities); its reference is the CPU's attention through
+ * bf16 GEMMs, which rounds Q, K and V alike and the probabilities after
+ * normalising instead of before: out within bf16's resolution of |v|, lse
+ * (fp32 softmax of the same rounded scores) within sums' order. */
+static void test_attention_flash_bf16(int B, int T, int Hq, int Hkv, int hd)
+{
+    if (strcmp(G->name, "cpu") == 0)   /* --cpu: the CPU's bf16 attention_fwd is its fp32 one */
+        return;
+    const upc_kernels *C32 = C, *G32 = G;
+    C = upc_backend_precision(C32, "bf16");
+    G = upc_backend_precision(G32, "bf16");
+    size_t nq = (size_t)B * T * Hq * hd, nk = (size_t)B * T * Hkv * hd;
+    twin q = tw_rand(nq, -2, 2), k = tw_rand(nk, -2, 2), v = tw_rand(nk, -1, 1), out = tw_fill(nq, NAN);
+    twin lse = tw_fill((size_t)B * Hq * T, NAN);
+    float *scratch = dev_alloc(C, attention_gemm_scratch_floats(B, T, Hq) * sizeof(float));
+    attention_gemm_fwd(C, q.c, k.c, v.c, out.c, lse.c, scratch, B, T, Hq, Hkv, hd);
+    G->attention_fwd(G, q.g, k.g, v.g, out.g, lse.g, B, T, Hq, Hkv, hd);
+    char shape[80];
+    snprintf(shape, sizeof shape, "B=%d T=%d Hq=%d Hkv=%d hd=%d", B, T, Hq, Hkv, hd);
+    compare("attention_fwd bf16 out", shape, out, 4e-3, 1e-2);
+    compare("attention_fwd bf16 lse", shape, lse, 2e-4, 1e-4);
+    C->free(C, scratch);
+    tw_free(q), tw_free(k), tw_free(v), tw_free(out), tw_free(lse);
+    C = C32, G = G32;
+}
+
 static void test_attention(int B, int T, int Hq, int Hkv, int hd)
 {
     size_t nq = (size_t)B * T * Hq * hd, nk = (size_t)B * T * Hkv * hd;
@@ -749,6 +776,12 @@ int main(int argc, char **argv)
     test_jitter();
     test_attention_gemm(2, 37, 4, 2, 16);
     test_attention_gemm(1, 300, 8, 2, 64);
+    test_attention_flash_bf16(2, 37, 4, 2, 16);
+    test_attention_flash_bf16(1, 70, 6, 2, 72);    /* two query blocks, padded head dim */
+    test_attention_flash_bf16(1, 129, 8, 2, 64);   /* three key tiles */
+    test_attention_flash_bf16(1, 33, 2, 1, 130);
+    test_attention_flash_bf16(3, 1, 2, 2, 8);
+    test_attention_flash_bf16(1, 40, 2, 1, 256);   /* the largest shared memory */
     test_attention(2, 37, 4, 2, 16);
     test_attention(1, 70, 6, 2, 72);
     test_attention(1, 129, 8, 2, 64);
