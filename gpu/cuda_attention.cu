@@ -150,6 +150,16 @@ static __global__ void attn_delta_kernel(const float *out, const float *dout, fl
     }
 }
 
+const float *cuda_attention_delta(const upc_kernels *K, const char *kernel, const float *out, const float *dout,
+                                  int B, int T, int Hq, int hd)
+{
+    size_t n = (size_t)B * T * Hq;
+    float *D = (float *)cuda_scratch(K, SCRATCH_KERNEL, n * sizeof(float), kernel);
+    attn_delta_kernel<<<cuda_blocks(n), CUDA_THREADS>>>(out, dout, D, B, T, Hq, hd);
+    cuda_after_launch(K, kernel);
+    return D;
+}
+
 template <int MAXD>
 static __global__ void __launch_bounds__(ATT_THREADS)
 attn_dkdv_kernel(const float *q, const float *k, const float *v, const float *lse, const float *D,
@@ -356,10 +366,7 @@ void cu_attention_bwd(const upc_kernels *K, const float *q, const float *k, cons
     if (B == 0 || T == 0)
         return;
     const float scale = 1.0f / sqrtf((float)hd);
-    size_t n = (size_t)B * T * Hq;
-    float *D = (float *)cuda_scratch(K, SCRATCH_KERNEL, n * sizeof(float), kernel);
-    attn_delta_kernel<<<cuda_blocks(n), CUDA_THREADS>>>(out, dout, D, B, T, Hq, hd);
-    cuda_after_launch(K, kernel);
+    const float *D = cuda_attention_delta(K, kernel, out, dout, B, T, Hq, hd);
     PICK_MAXD(hd, (run_bwd<64>(K, q, k, v, lse, D, dout, dq, dk, dv, B, T, Hq, Hkv, hd, scale)),
               (run_bwd<128>(K, q, k, v, lse, D, dout, dq, dk, dv, B, T, Hq, Hkv, hd, scale)),
               (run_bwd<256>(K, q, k, v, lse, D, dout, dq, dk, dv, B, T, Hq, Hkv, hd, scale)));

@@ -271,9 +271,16 @@ void cu_attention_fwd(const upc_kernels *K, const float *q, const float *k, cons
                       float *out, float *lse, int B, int T, int Hq, int Hkv, int hd);
 void cu_attn_softmax_fwd(const upc_kernels *K, float *S, float *lse, int n, int T);
 void cu_attn_softmax_bwd(const upc_kernels *K, const float *P, float *dP, int n, int T, float scale);
-/* cuda_attention_bf16.cu: the bf16 table's attention_fwd, on tensor cores */
+/* D[b][h][t] = dout . out per row, for the attention backwards, in scratch
+ * slot SCRATCH_KERNEL (cuda_attention.cu) */
+const float *cuda_attention_delta(const upc_kernels *K, const char *kernel, const float *out, const float *dout,
+                                  int B, int T, int Hq, int hd);
+/* cuda_attention_bf16.cu: the bf16 table's attention, on tensor cores */
 void cu_attention_fwd_bf16(const upc_kernels *K, const float *q, const float *k, const float *v, float *out,
                            float *lse, int B, int T, int Hq, int Hkv, int hd);
+void cu_attention_bwd_bf16(const upc_kernels *K, const float *q, const float *k, const float *v, const float *out,
+                           const float *lse, const float *dout, float *dq, float *dk, float *dv, int B, int T,
+                           int Hq, int Hkv, int hd);
 void cu_attention_bwd(const upc_kernels *K, const float *q, const float *k, const float *v,
                       const float *out, const float *lse, const float *dout, float *dq, float *dk,
                       float *dv, int B, int T, int Hq, int Hkv, int hd);

@@ -270,6 +270,7 @@ extern "C" const upc_kernels *kernels_cuda_bf16(void)
         t = the_table;
         t.precision = "bf16";   /* the GEMMs ask it (upc_kernels_bf16) */
         t.attention_fwd = cu_attention_fwd_bf16;   /* tensor cores (UPC_BF16_ATTENTION=flash) */
+        t.attention_bwd = cu_attention_bwd_bf16;
     }
     return &t;
 }

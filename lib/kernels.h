@@ -52,8 +52,8 @@ struct upc_kernels {
      * the grouped GEMMs) round both operands to bfloat16 (upc_round_bf16)
      * and accumulate in fp32, as tensor cores do; every other kernel, the
      * weights and the optimizer state stay fp32, except CUDA's bf16
-     * attention_fwd, which runs on tensor cores too (bf16 Q, K, V and
-     * probabilities; attention_gemm.h's rounding is its reference). backend.h
+     * attention_fwd and attention_bwd, which run on tensor cores too (bf16
+     * operands; attention_gemm.h's rounding is their reference). backend.h
      * gives either table of a backend. */
     const char *precision;
 

@@ -18,9 +18,10 @@ static size_t align_up(size_t n)
     return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
 }
 
-/* UPC_BF16_ATTENTION: "gemm" (the default: bf16 tables run attention's
- * forward and backward through GEMMs) or "flash" (the forward through the
- * table's attention_fwd; experimental until a GPU run compares them). */
+/* UPC_BF16_ATTENTION: "gemm" (the default: bf16 tables run attention
+ * through GEMMs) or "flash" (through the table's attention kernels, on
+ * CUDA tensor-core flash attention; experimental until a GPU run times
+ * both). */
 static bool bf16_attention_flash(void)
 {
     static int flash = -1;
@@ -138,8 +139,7 @@ model *model_create(const upc_kernels *K, const model_config *cfg)
     m->L = as_int(c->num_hidden_layers, "num_hidden_layers");
     m->capacity_factor = c->moe ? c->capacity_factor : 0.0;
     m->jitter = c->moe ? (float)c->router_jitter_noise : 0.0f;
-    m->attention_gemm = strcmp(K->precision, "bf16") == 0;
-    m->attention_fused_fwd = m->attention_gemm && bf16_attention_flash();
+    m->attention_gemm = strcmp(K->precision, "bf16") == 0 && !bf16_attention_flash();
     m->V = as_int(c->vocab_size, "vocab_size");
     m->d = as_int(c->hidden_size, "hidden_size");
     m->Hq = as_int(c->num_attention_heads, "num_attention_heads");

@@ -110,13 +110,10 @@ typedef struct model {
     double capacity_factor;       /* 0: dropless */
     /* Training attention through GEMMs (attention_gemm.h) instead of the
      * fused attention kernels: on for bf16 tables, whose GEMMs run on
-     * tensor cores; tests may set it before the first forward. */
+     * tensor cores, unless UPC_BF16_ATTENTION=flash (CUDA's bf16 table has
+     * tensor-core flash kernels of its own); tests may set it before the
+     * first forward. */
     bool attention_gemm;
-    /* With attention_gemm, the forward through the table's attention_fwd
-     * all the same (UPC_BF16_ATTENTION=flash: on CUDA's bf16 table a
-     * tensor-core flash kernel); the backward stays on the GEMMs, which
-     * recompute the probabilities. */
-    bool attention_fused_fwd;
     float jitter;                 /* router_jitter_noise (0: none) */
     bool jitter_armed;            /* model_jitter_next: the next training forward jitters */
     uint64_t jitter_key;

@@ -170,7 +170,7 @@ static void attention_forward(model *m, int l, const float *x_in)
     K->gemm(K, 0, 1, N, kvd, d, 1.0f, y->h1, d, P(m, ly->wv), d, 0.0f, y->v, kvd);
     K->rope_fwd(K, y->q, y->q, w->B, w->T, m->Hq, m->hd, 0, NULL, m->theta);
     K->rope_fwd(K, y->k, y->k, w->B, w->T, m->Hkv, m->hd, 0, NULL, m->theta);
-    if (w->att_gemm && !m->attention_fused_fwd)
+    if (w->att_gemm)
         attention_gemm_fwd(K, y->q, y->k, y->v, y->att, y->lse, w->att_scratch, w->B, w->T, m->Hq, m->Hkv, m->hd);
     else
         K->attention_fwd(K, y->q, y->k, y->v, y->att, y->lse, w->B, w->T, m->Hq, m->Hkv, m->hd);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # cuda_tools: the tools end to end with --device cuda, against the same runs
 # on the CPU: train (dense fp32; an upcycled MoE on bf16 GEMMs; a resume that
-# continues bit for bit; the tensor-core attention forward), evaluate and
+# continues bit for bit; tensor-core flash attention), evaluate and
 # serve-bench. UPCYC_CUDA_BIN names the
 # tools built with a CUDA backend: `make test` gives the emulated device's
 # (BUILD/emu/bin, scripts/check-emu), `make gpu-check` the real one's.
@@ -102,7 +102,7 @@ same_losses() {
     [ "$(jq .step "$TMP/gpu/trainer_state.json")" -eq 4 ]
 }
 
-@test "train --device cuda --precision bf16 with UPC_BF16_ATTENTION=flash (tensor-core attention forward) tracks the CPU's bf16 run" {
+@test "train --device cuda --precision bf16 with UPC_BF16_ATTENTION=flash (tensor-core flash attention) tracks the CPU's bf16 run" {
     local args="$TRAIN --steps 4 --precision bf16"
     # shellcheck disable=SC2086
     UPC_BF16_ATTENTION=flash on_cuda train "$TMP/gpu.mpk" $args --out "$TMP/gpu"

@@ -370,13 +370,13 @@ losses() {
     ! grep -q "^grouped_gemm_fwd " "$TMP/dense-prof.err"
 }
 
-@test "train: UPC_BF16_ATTENTION=flash runs the bf16 forward through attention_fwd; a bad value fails before anything is written" {
+@test "train: UPC_BF16_ATTENTION=flash runs bf16 attention through the fused kernels; a bad value fails before anything is written" {
     local args="--init $D/tiny.json --data $D/shards/train --batch 4 --seq-len 32 --steps 2 --precision bf16"
     # shellcheck disable=SC2086
     train $args --out "$TMP/gemm" > "$TMP/gemm.mpk"
     # shellcheck disable=SC2086
     UPC_BF16_ATTENTION=flash train $args --out "$TMP/flash" > "$TMP/flash.mpk"
-    # on the CPU attention_fwd is fp32: close to the GEMMs' bf16 rounding, not equal
+    # on the CPU the fused kernels are fp32: close to the GEMMs' bf16 rounding, not equal
     paste <(losses "$TMP/gemm.mpk") <(losses "$TMP/flash.mpk") |
         awk '{ d = $2 - $5; if (d < 0) d = -d; if (d > 2e-2 || $2 == $5) bad = 1 } END { exit bad || NR != 2 }'
     # shellcheck disable=SC2086

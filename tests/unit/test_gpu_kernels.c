@@ -443,11 +443,13 @@ static void test_attention_gemm(int B, int T, int Hq, int Hkv, int hd)
     tw_free(q), tw_free(k), tw_free(v), tw_free(dout), tw_free(scratch);
 }
 
-/* The bf16 tables' attention_fwd: CUDA's runs on tensor cores (flash, bf16
- * Q, K, V and probabilities); its reference is the CPU's attention through
- * bf16 GEMMs, which rounds Q, K and V alike and the probabilities after
- * normalising instead of before: out within bf16's resolution of |v|, lse
- * (fp32 softmax of the same rounded scores) within sums' order. */
+/* The bf16 tables' attention_fwd and attention_bwd: CUDA's run on tensor
+ * cores (flash, bf16 Q, K, V, dout, probabilities and dS); their reference
+ * is the CPU's attention through bf16 GEMMs, which rounds Q, K and V alike,
+ * the probabilities after normalising instead of before, and takes D from
+ * P dP instead of out: out and the gradients within bf16's resolution, lse
+ * (fp32 softmax of the same rounded scores) within sums' order. Above
+ * head dim 128 the backward is the fp32 kernel's (checked alike). */
 static void test_attention_flash_bf16(int B, int T, int Hq, int Hkv, int hd)
 {
     if (strcmp(G->name, "cpu") == 0)   /* --cpu: the CPU's bf16 attention_fwd is its fp32 one */
@@ -465,8 +467,23 @@ static void test_attention_flash_bf16(int B, int T, int Hq, int Hkv, int hd)
     snprintf(shape, sizeof shape, "B=%d T=%d Hq=%d Hkv=%d hd=%d", B, T, Hq, Hkv, hd);
     compare("attention_fwd bf16 out", shape, out, 4e-3, 1e-2);
     compare("attention_fwd bf16 lse", shape, lse, 2e-4, 1e-4);
+    /* the backward from each side's own forward: D from out here, from P dP there */
+    twin dout = tw_rand(nq, -1, 1), dq = tw_fill(nq, NAN), dk = tw_fill(nk, NAN), dv = tw_fill(nk, NAN);
+    attention_gemm_bwd(C, q.c, k.c, v.c, dout.c, dq.c, dk.c, dv.c, scratch, B, T, Hq, Hkv, hd);
+    G->attention_bwd(G, q.g, k.g, v.g, out.g, lse.g, dout.g, dq.g, dk.g, dv.g, B, T, Hq, Hkv, hd);
+    compare("attention_bwd bf16 dq", shape, dq, 1e-2, 2e-2);
+    compare("attention_bwd bf16 dk", shape, dk, 1e-2, 2e-2);
+    /* dV = P^T dO has no dS in it: on the tensor-core path (hd <= 128) it
+     * differs only by P's rounding; above, the fp32 backward runs from the
+     * bf16 forward */
+    compare("attention_bwd bf16 dv", shape, dv, hd <= 128 ? 1e-3 : 1e-2, hd <= 128 ? 5e-3 : 2e-2);
+    float *first = gpu_copy(dk);
+    G->attention_bwd(G, q.g, k.g, v.g, out.g, lse.g, dout.g, dq.g, dk.g, dv.g, B, T, Hq, Hkv, hd);
+    same_bits("attention_bwd bf16 dk", shape, first, dk);
+    free(first);
     C->free(C, scratch);
     tw_free(q), tw_free(k), tw_free(v), tw_free(out), tw_free(lse);
+    tw_free(dout), tw_free(dq), tw_free(dk), tw_free(dv);
     C = C32, G = G32;
 }
 
