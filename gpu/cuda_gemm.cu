@@ -18,7 +18,6 @@
  * offsets on the device, unless UPC_GROUPED=cublas. */
 #include "cuda_internal.cuh"
 
-#include <stdlib.h>
 #include <string.h>
 
 /* C[m][n] = beta * C, beta == 0 overwriting (NaN included). */
@@ -165,15 +164,8 @@ static const __nv_bfloat16 *bf16_operand(const upc_kernels *K, const char *kerne
 bool cuda_bf16_gemm_fast(void)
 {
     static int fast = -1;
-    if (fast < 0) {
-        const char *v = getenv("UPC_BF16_GEMM");
-        if (!v || !*v || strcmp(v, "pack") == 0)
-            fast = 0;
-        else if (strcmp(v, "fast") == 0)
-            fast = 1;
-        else
-            upc_fail(EX_USAGE, "UPC_BF16_GEMM=%s: expected pack (the default) or fast", v);
-    }
+    if (fast < 0)
+        fast = upc_env_choice("UPC_BF16_GEMM", "pack,fast");
     return fast;
 }
 

@@ -137,19 +137,27 @@ void cpu_rope_bwd(const upc_kernels *K, const float *dy, float *dx, int B, int T
     rope_apply("rope_bwd", dy, dx, B, T, H, hd, pos0, pos, theta, -1.0f);
 }
 
+/* s[i] = sigmoid(g[i]) for a chunk of at most CPU_EXP_CHUNK, the
+ * exponentials in one vector pass */
+static void sigmoids(const float *g, size_t len, float *s)
+{
+    for (size_t i = 0; i < len; i++)
+        s[i] = -g[i];
+    cpu_expf_inplace(s, len);
+    for (size_t i = 0; i < len; i++)
+        s[i] = upc_sigmoid_of_exp(s[i]);
+}
+
 void cpu_swiglu_fwd(const upc_kernels *K, const float *gate, const float *up,
                     float *out, size_t n)
 {
-    size_t chunks = (n + CPU_EXP_CHUNK - 1) / CPU_EXP_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= CPU_PARALLEL_MIN)
-    for (size_t c = 0; c < chunks; c++) {
-        size_t i0 = c * CPU_EXP_CHUNK, len = n - i0 < CPU_EXP_CHUNK ? n - i0 : CPU_EXP_CHUNK;
+    for (size_t i0 = 0; i0 < n; i0 += CPU_EXP_CHUNK) {
+        size_t len = n - i0 < CPU_EXP_CHUNK ? n - i0 : CPU_EXP_CHUNK;
         float s[CPU_EXP_CHUNK];
-        for (size_t i = 0; i < len; i++)
-            s[i] = -gate[i0 + i];
-        cpu_expf_inplace(s, len);
+        sigmoids(gate + i0, len, s);
         for (size_t i = 0; i < len; i++)   /* out may be gate or up: read first */
-            out[i0 + i] = upc_silu_s(gate[i0 + i], upc_sigmoid_of_exp(s[i])) * up[i0 + i];
+            out[i0 + i] = upc_silu_s(gate[i0 + i], s[i]) * up[i0 + i];
     }
 }
 
@@ -163,16 +171,12 @@ void cpu_jitter_scale(const upc_kernels *K, float *x, size_t n, float eps, uint6
 void cpu_swiglu_bwd(const upc_kernels *K, const float *gate, const float *up,
                     const float *dout, float *dgate, float *dup, size_t n)
 {
-    size_t chunks = (n + CPU_EXP_CHUNK - 1) / CPU_EXP_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= CPU_PARALLEL_MIN)
-    for (size_t c = 0; c < chunks; c++) {
-        size_t i0 = c * CPU_EXP_CHUNK, len = n - i0 < CPU_EXP_CHUNK ? n - i0 : CPU_EXP_CHUNK;
+    for (size_t i0 = 0; i0 < n; i0 += CPU_EXP_CHUNK) {
+        size_t len = n - i0 < CPU_EXP_CHUNK ? n - i0 : CPU_EXP_CHUNK;
         float s[CPU_EXP_CHUNK];
+        sigmoids(gate + i0, len, s);
         for (size_t i = 0; i < len; i++)
-            s[i] = -gate[i0 + i];
-        cpu_expf_inplace(s, len);
-        for (size_t i = 0; i < len; i++)
-            upc_swiglu_bwd_elem_s(gate[i0 + i], up[i0 + i], dout[i0 + i], upc_sigmoid_of_exp(s[i]), &dgate[i0 + i],
-                                  &dup[i0 + i]);
+            upc_swiglu_bwd_elem_s(gate[i0 + i], up[i0 + i], dout[i0 + i], s[i], &dgate[i0 + i], &dup[i0 + i]);
     }
 }

@@ -570,15 +570,8 @@ static void print_profile(void)
 bool upc_profile_enabled(void)
 {
     static int on = -1;
-    if (on < 0) {
-        const char *v = getenv("UPC_PROFILE");
-        if (!v || !*v || strcmp(v, "0") == 0)
-            on = 0;
-        else if (strcmp(v, "1") == 0)
-            on = 1;
-        else
-            upc_fail(EX_USAGE, "UPC_PROFILE=%s: expected 1 (print a kernel profile at exit) or 0", v);
-    }
+    if (on < 0)
+        on = upc_env_choice("UPC_PROFILE", "0,1");
     return on;
 }
 

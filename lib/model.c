@@ -25,15 +25,8 @@ static size_t align_up(size_t n)
 static bool bf16_attention_flash(void)
 {
     static int flash = -1;
-    if (flash < 0) {
-        const char *v = getenv("UPC_BF16_ATTENTION");
-        if (!v || !*v || strcmp(v, "gemm") == 0)
-            flash = 0;
-        else if (strcmp(v, "flash") == 0)
-            flash = 1;
-        else
-            upc_fail(EX_USAGE, "UPC_BF16_ATTENTION=%s: expected gemm (the default) or flash", v);
-    }
+    if (flash < 0)
+        flash = upc_env_choice("UPC_BF16_ATTENTION", "gemm,flash");
     return flash;
 }
 

@@ -550,3 +550,24 @@ double upc_now(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+int upc_env_choice(const char *name, const char *choices)
+{
+    const char *v = getenv(name);
+    int index = 0;
+    for (const char *c = choices; *c; index++) {
+        size_t n = strcspn(c, ",");
+        if (!v || !*v || (strlen(v) == n && strncmp(v, c, n) == 0))
+            return v && *v ? index : 0;
+        c += n + (c[n] == ',');
+    }
+    char expected[256] = "";
+    index = 0;
+    for (const char *c = choices; *c; index++) {
+        size_t n = strcspn(c, ","), at = strlen(expected);
+        const char *sep = index == 0 ? "" : c[n] ? ", " : " or ";
+        snprintf(expected + at, sizeof expected - at, "%s%.*s%s", sep, (int)n, c, index == 0 ? " (the default)" : "");
+        c += n + (c[n] == ',');
+    }
+    upc_fail(EX_USAGE, "%s=%s: expected %s", name, v, expected);
+}

@@ -29,6 +29,12 @@ void upc_vwarn(const char *fmt, va_list ap);
 /* Seconds on the monotonic clock (for intervals). */
 double upc_now(void);
 
+/* Environment variable `name` as an index into `choices`, a comma-separated
+ * list whose first entry is the default (also for an unset or empty
+ * variable); any other value fails with EX_USAGE: "NAME=VALUE: expected A
+ * (the default), B or C". */
+int upc_env_choice(const char *name, const char *choices);
+
 void *upc_malloc(size_t n);
 void *upc_calloc(size_t count, size_t size);
 void *upc_realloc(void *p, size_t n);

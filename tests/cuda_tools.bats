@@ -14,22 +14,7 @@ setup_file() {
     [ -x "$UPCYC_UNIT/gen_tokens" ] || return 0
     "$UPCYC_UNIT/gen_tokens" --docs 400 --vocab 512 --zipf 1.1 --seed 5 > "$D/tokens.mpk"
     "$UPCYC_BIN/shard" --val-fraction 0.1 --chunk-tokens 4096 "$D/shards" "$D/tokens.mpk" 2> /dev/null
-    cat > "$D/tiny.json" <<'JSON'
-{
-  "architectures": ["LlamaForCausalLM"],
-  "hidden_size": 32,
-  "intermediate_size": 64,
-  "max_position_embeddings": 128,
-  "model_type": "llama",
-  "num_attention_heads": 2,
-  "num_hidden_layers": 2,
-  "num_key_value_heads": 1,
-  "rms_norm_eps": 1e-05,
-  "rope_theta": 10000.0,
-  "tie_word_embeddings": true,
-  "vocab_size": 512
-}
-JSON
+    cp "$FIXTURES/model/tiny-512.json" "$D/tiny.json"
     export TRAIN="--init $D/tiny.json --data $D/shards/train --batch 4 --seq-len 32 --lr 1e-2 --warmup 2"
 }
 

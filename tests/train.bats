@@ -14,22 +14,7 @@ setup_file() {
     # shellcheck disable=SC2086
     "$UPCYC_BIN/tokenize" encode --tokenizer "$D/tok.json" --split separator=% -o "$D/tokens.mpk" $corpus
     "$UPCYC_BIN/shard" --val-fraction 0.05 --chunk-tokens 4096 "$D/shards" "$D/tokens.mpk"
-    cat > "$D/tiny.json" <<'EOF'
-{
-  "architectures": ["LlamaForCausalLM"],
-  "hidden_size": 32,
-  "intermediate_size": 64,
-  "max_position_embeddings": 128,
-  "model_type": "llama",
-  "num_attention_heads": 2,
-  "num_hidden_layers": 2,
-  "num_key_value_heads": 1,
-  "rms_norm_eps": 1e-05,
-  "rope_theta": 10000.0,
-  "tie_word_embeddings": true,
-  "vocab_size": 512
-}
-EOF
+    cp "$FIXTURES/model/tiny-512.json" "$D/tiny.json"
     export BASE="--data $D/shards/train --tokenizer $D/tok.json --batch 4 --seq-len 32 --lr 1e-2 --warmup 2"
 }
 
