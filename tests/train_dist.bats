@@ -15,8 +15,7 @@ setup_file() {
     "$UPCYC_BIN/tokenize" encode --tokenizer "$D/tok.json" --split separator=% -o "$D/tokens.mpk" $corpus
     "$UPCYC_BIN/shard" --val-fraction 0.05 --chunk-tokens 4096 "$D/shards" "$D/tokens.mpk"
     # the tiny model of tests/train.bats
-    # shellcheck disable=SC2016
-    sed -n '/cat > "$D\/tiny.json"/,/^EOF/p' "$BATS_TEST_DIRNAME/train.bats" | sed '1d;$d' > "$D/tiny.json"
+    cp "$FIXTURES/model/tiny-512.json" "$D/tiny.json"
     # One thread per process: the 1-process runs compared against use one too.
     export BASE="--data $D/shards/train --tokenizer $D/tok.json --batch 4 --seq-len 32 --lr 1e-2 --warmup 2 --threads 1"
 }
