@@ -20,115 +20,31 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Every kernel of upc_kernels, in table order: the profile's rows. */
+#define KERNEL_NAMES(X) \
+    X(alloc) X(free) X(upload) X(download) X(copy) X(memset) X(sync) X(gemm) X(gemm_strided_batched) \
+    X(bf16_weights) X(grouped_gemm_fwd) X(grouped_gemm_dx) X(grouped_gemm_dw) X(embedding_fwd) \
+    X(embedding_bwd) X(rmsnorm_fwd) X(rmsnorm_bwd) X(rope_fwd) X(rope_bwd) X(attention_fwd) \
+    X(attention_bwd) X(attn_softmax_fwd) X(attn_softmax_bwd) X(kv_cache_write) X(paged_attention) \
+    X(swiglu_fwd) X(swiglu_bwd) X(jitter_scale) X(cross_entropy_fwd) X(cross_entropy_bwd) \
+    X(router_fwd) X(router_bwd) X(moe_dispatch) X(moe_gather) X(moe_gather_bwd) X(moe_combine) \
+    X(moe_combine_bwd) X(moe_capacity_drop) X(moe_lb_loss_fwd) X(moe_lb_loss_bwd) X(moe_z_loss_fwd) \
+    X(moe_z_loss_bwd) X(adamw_step) X(lion_step) X(sum) X(sumsq) X(scale) X(axpy) X(fill) X(add)
+
 enum {
-    PK_ALLOC,
-    PK_FREE,
-    PK_UPLOAD,
-    PK_DOWNLOAD,
-    PK_COPY,
-    PK_MEMSET,
-    PK_SYNC,
-    PK_GEMM,
-    PK_GEMM_STRIDED_BATCHED,
-    PK_BF16_WEIGHTS,
-    PK_GROUPED_GEMM_FWD,
-    PK_GROUPED_GEMM_DX,
-    PK_GROUPED_GEMM_DW,
-    PK_EMBEDDING_FWD,
-    PK_EMBEDDING_BWD,
-    PK_RMSNORM_FWD,
-    PK_RMSNORM_BWD,
-    PK_ROPE_FWD,
-    PK_ROPE_BWD,
-    PK_ATTENTION_FWD,
-    PK_ATTENTION_BWD,
-    PK_ATTN_SOFTMAX_FWD,
-    PK_ATTN_SOFTMAX_BWD,
-    PK_KV_CACHE_WRITE,
-    PK_PAGED_ATTENTION,
-    PK_SWIGLU_FWD,
-    PK_SWIGLU_BWD,
-    PK_JITTER_SCALE,
-    PK_CROSS_ENTROPY_FWD,
-    PK_CROSS_ENTROPY_BWD,
-    PK_ROUTER_FWD,
-    PK_ROUTER_BWD,
-    PK_MOE_DISPATCH,
-    PK_MOE_GATHER,
-    PK_MOE_GATHER_BWD,
-    PK_MOE_COMBINE,
-    PK_MOE_COMBINE_BWD,
-    PK_MOE_CAPACITY_DROP,
-    PK_MOE_LB_LOSS_FWD,
-    PK_MOE_LB_LOSS_BWD,
-    PK_MOE_Z_LOSS_FWD,
-    PK_MOE_Z_LOSS_BWD,
-    PK_ADAMW_STEP,
-    PK_LION_STEP,
-    PK_SUM,
-    PK_SUMSQ,
-    PK_SCALE,
-    PK_AXPY,
-    PK_FILL,
-    PK_ADD,
+#define AS_ID(name) PK_##name,
+    KERNEL_NAMES(AS_ID)
+#undef AS_ID
     PK_COUNT
 };
 
 static const char *const kernel_names[PK_COUNT] = {
-    [PK_ALLOC] = "alloc",
-    [PK_FREE] = "free",
-    [PK_UPLOAD] = "upload",
-    [PK_DOWNLOAD] = "download",
-    [PK_COPY] = "copy",
-    [PK_MEMSET] = "memset",
-    [PK_SYNC] = "sync",
-    [PK_GEMM] = "gemm",
-    [PK_GEMM_STRIDED_BATCHED] = "gemm_strided_batched",
-    [PK_BF16_WEIGHTS] = "bf16_weights",
-    [PK_GROUPED_GEMM_FWD] = "grouped_gemm_fwd",
-    [PK_GROUPED_GEMM_DX] = "grouped_gemm_dx",
-    [PK_GROUPED_GEMM_DW] = "grouped_gemm_dw",
-    [PK_EMBEDDING_FWD] = "embedding_fwd",
-    [PK_EMBEDDING_BWD] = "embedding_bwd",
-    [PK_RMSNORM_FWD] = "rmsnorm_fwd",
-    [PK_RMSNORM_BWD] = "rmsnorm_bwd",
-    [PK_ROPE_FWD] = "rope_fwd",
-    [PK_ROPE_BWD] = "rope_bwd",
-    [PK_ATTENTION_FWD] = "attention_fwd",
-    [PK_ATTENTION_BWD] = "attention_bwd",
-    [PK_ATTN_SOFTMAX_FWD] = "attn_softmax_fwd",
-    [PK_ATTN_SOFTMAX_BWD] = "attn_softmax_bwd",
-    [PK_KV_CACHE_WRITE] = "kv_cache_write",
-    [PK_PAGED_ATTENTION] = "paged_attention",
-    [PK_SWIGLU_FWD] = "swiglu_fwd",
-    [PK_SWIGLU_BWD] = "swiglu_bwd",
-    [PK_JITTER_SCALE] = "jitter_scale",
-    [PK_CROSS_ENTROPY_FWD] = "cross_entropy_fwd",
-    [PK_CROSS_ENTROPY_BWD] = "cross_entropy_bwd",
-    [PK_ROUTER_FWD] = "router_fwd",
-    [PK_ROUTER_BWD] = "router_bwd",
-    [PK_MOE_DISPATCH] = "moe_dispatch",
-    [PK_MOE_GATHER] = "moe_gather",
-    [PK_MOE_GATHER_BWD] = "moe_gather_bwd",
-    [PK_MOE_COMBINE] = "moe_combine",
-    [PK_MOE_COMBINE_BWD] = "moe_combine_bwd",
-    [PK_MOE_CAPACITY_DROP] = "moe_capacity_drop",
-    [PK_MOE_LB_LOSS_FWD] = "moe_lb_loss_fwd",
-    [PK_MOE_LB_LOSS_BWD] = "moe_lb_loss_bwd",
-    [PK_MOE_Z_LOSS_FWD] = "moe_z_loss_fwd",
-    [PK_MOE_Z_LOSS_BWD] = "moe_z_loss_bwd",
-    [PK_ADAMW_STEP] = "adamw_step",
-    [PK_LION_STEP] = "lion_step",
-    [PK_SUM] = "sum",
-    [PK_SUMSQ] = "sumsq",
-    [PK_SCALE] = "scale",
-    [PK_AXPY] = "axpy",
-    [PK_FILL] = "fill",
-    [PK_ADD] = "add",
+#define AS_NAME(name) #name,
+    KERNEL_NAMES(AS_NAME)
+#undef AS_NAME
 };
 
-
-/* A wrapper table: the inner table first, so inner() is a cast of ctx. */
+/* A wrapper table: its ctx points back here, to the table it times. */
 typedef struct {
     const upc_kernels *inner;
     upc_kernels table;
@@ -187,289 +103,289 @@ static void *p_alloc(const upc_kernels *K, size_t bytes)
     const upc_kernels *IN = inner(K);
     double t0 = upc_now();
     void *r = IN->alloc(IN, bytes);
-    record(K, PK_ALLOC, upc_now() - t0, 0);
+    record(K, PK_alloc, upc_now() - t0, 0);
     return r;
 }
 
 static void p_free(const upc_kernels *K, void *p)
 {
-    TIMED(PK_FREE, 0, free(IN, p));
+    TIMED(PK_free, 0, free(IN, p));
 }
 
 static void p_upload(const upc_kernels *K, void *dst, const void *host_src, size_t bytes)
 {
-    TIMED(PK_UPLOAD, 0, upload(IN, dst, host_src, bytes));
+    TIMED(PK_upload, 0, upload(IN, dst, host_src, bytes));
 }
 
 static void p_download(const upc_kernels *K, void *host_dst, const void *src, size_t bytes)
 {
-    TIMED(PK_DOWNLOAD, 0, download(IN, host_dst, src, bytes));
+    TIMED(PK_download, 0, download(IN, host_dst, src, bytes));
 }
 
 static void p_copy(const upc_kernels *K, void *dst, const void *src, size_t bytes)
 {
-    TIMED(PK_COPY, 0, copy(IN, dst, src, bytes));
+    TIMED(PK_copy, 0, copy(IN, dst, src, bytes));
 }
 
 static void p_memset(const upc_kernels *K, void *dst, int value, size_t bytes)
 {
-    TIMED(PK_MEMSET, 0, memset(IN, dst, value, bytes));
+    TIMED(PK_memset, 0, memset(IN, dst, value, bytes));
 }
 
 static void p_sync(const upc_kernels *K)
 {
-    TIMED(PK_SYNC, 0, sync(IN));
+    TIMED(PK_sync, 0, sync(IN));
 }
 
 static void p_gemm(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *A,
                    int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    TIMED(PK_GEMM, 2.0 * m * n * k, gemm(IN, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc));
+    TIMED(PK_gemm, 2.0 * m * n * k, gemm(IN, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc));
 }
 
 static void p_gemm_strided_batched(const upc_kernels *K, int trans_a, int trans_b, int m, int n, int k, float alpha,
                                    const float *A, int lda, long long stride_a, const float *B, int ldb,
                                    long long stride_b, float beta, float *C, int ldc, long long stride_c, int batch)
 {
-    TIMED(PK_GEMM_STRIDED_BATCHED, 2.0 * m * n * k * batch,
+    TIMED(PK_gemm_strided_batched, 2.0 * m * n * k * batch,
           gemm_strided_batched(IN, trans_a, trans_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
                                stride_c, batch));
 }
 
 static void p_bf16_weights(const upc_kernels *K, const float *w, size_t n)
 {
-    TIMED(PK_BF16_WEIGHTS, 0, bf16_weights(IN, w, n));
+    TIMED(PK_bf16_weights, 0, bf16_weights(IN, w, n));
 }
 
 static void p_grouped_gemm_fwd(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *X,
                                const float *W, float beta, float *Y)
 {
-    TIMED(PK_GROUPED_GEMM_FWD, GROUPED_FLOPS, grouped_gemm_fwd(IN, E, offs, n, k, X, W, beta, Y));
+    TIMED(PK_grouped_gemm_fwd, GROUPED_FLOPS, grouped_gemm_fwd(IN, E, offs, n, k, X, W, beta, Y));
 }
 
 static void p_grouped_gemm_dx(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
                               const float *W, float beta, float *dX)
 {
-    TIMED(PK_GROUPED_GEMM_DX, GROUPED_FLOPS, grouped_gemm_dx(IN, E, offs, n, k, dY, W, beta, dX));
+    TIMED(PK_grouped_gemm_dx, GROUPED_FLOPS, grouped_gemm_dx(IN, E, offs, n, k, dY, W, beta, dX));
 }
 
 static void p_grouped_gemm_dw(const upc_kernels *K, int E, const int32_t *offs, int n, int k, const float *dY,
                               const float *X, float beta, float *dW)
 {
-    TIMED(PK_GROUPED_GEMM_DW, GROUPED_FLOPS, grouped_gemm_dw(IN, E, offs, n, k, dY, X, beta, dW));
+    TIMED(PK_grouped_gemm_dw, GROUPED_FLOPS, grouped_gemm_dw(IN, E, offs, n, k, dY, X, beta, dW));
 }
 
 static void p_embedding_fwd(const upc_kernels *K, const int32_t *ids, int rows, const float *table, int V, int d,
                             float *out)
 {
-    TIMED(PK_EMBEDDING_FWD, 0, embedding_fwd(IN, ids, rows, table, V, d, out));
+    TIMED(PK_embedding_fwd, 0, embedding_fwd(IN, ids, rows, table, V, d, out));
 }
 
 static void p_embedding_bwd(const upc_kernels *K, const int32_t *ids, int rows, const float *dout, int V, int d,
                             float *dtable)
 {
-    TIMED(PK_EMBEDDING_BWD, 0, embedding_bwd(IN, ids, rows, dout, V, d, dtable));
+    TIMED(PK_embedding_bwd, 0, embedding_bwd(IN, ids, rows, dout, V, d, dtable));
 }
 
 static void p_rmsnorm_fwd(const upc_kernels *K, const float *x, const float *w, float *y, float *rstd, int rows, int d,
                           float eps)
 {
-    TIMED(PK_RMSNORM_FWD, 0, rmsnorm_fwd(IN, x, w, y, rstd, rows, d, eps));
+    TIMED(PK_rmsnorm_fwd, 0, rmsnorm_fwd(IN, x, w, y, rstd, rows, d, eps));
 }
 
 static void p_rmsnorm_bwd(const upc_kernels *K, const float *dy, const float *x, const float *w, const float *rstd,
                           float *dx, float *dw, int rows, int d)
 {
-    TIMED(PK_RMSNORM_BWD, 0, rmsnorm_bwd(IN, dy, x, w, rstd, dx, dw, rows, d));
+    TIMED(PK_rmsnorm_bwd, 0, rmsnorm_bwd(IN, dy, x, w, rstd, dx, dw, rows, d));
 }
 
 static void p_rope_fwd(const upc_kernels *K, const float *x, float *y, int B, int T, int H, int hd, int pos0,
                        const int32_t *pos, float theta)
 {
-    TIMED(PK_ROPE_FWD, 0, rope_fwd(IN, x, y, B, T, H, hd, pos0, pos, theta));
+    TIMED(PK_rope_fwd, 0, rope_fwd(IN, x, y, B, T, H, hd, pos0, pos, theta));
 }
 
 static void p_rope_bwd(const upc_kernels *K, const float *dy, float *dx, int B, int T, int H, int hd, int pos0,
                        const int32_t *pos, float theta)
 {
-    TIMED(PK_ROPE_BWD, 0, rope_bwd(IN, dy, dx, B, T, H, hd, pos0, pos, theta));
+    TIMED(PK_rope_bwd, 0, rope_bwd(IN, dy, dx, B, T, H, hd, pos0, pos, theta));
 }
 
 static void p_attention_fwd(const upc_kernels *K, const float *q, const float *k, const float *v, float *out,
                             float *lse, int B, int T, int Hq, int Hkv, int hd)
 {
-    TIMED(PK_ATTENTION_FWD, 0, attention_fwd(IN, q, k, v, out, lse, B, T, Hq, Hkv, hd));
+    TIMED(PK_attention_fwd, 0, attention_fwd(IN, q, k, v, out, lse, B, T, Hq, Hkv, hd));
 }
 
 static void p_attention_bwd(const upc_kernels *K, const float *q, const float *k, const float *v, const float *out,
                             const float *lse, const float *dout, float *dq, float *dk, float *dv, int B, int T, int Hq,
                             int Hkv, int hd)
 {
-    TIMED(PK_ATTENTION_BWD, 0, attention_bwd(IN, q, k, v, out, lse, dout, dq, dk, dv, B, T, Hq, Hkv, hd));
+    TIMED(PK_attention_bwd, 0, attention_bwd(IN, q, k, v, out, lse, dout, dq, dk, dv, B, T, Hq, Hkv, hd));
 }
 
 static void p_attn_softmax_fwd(const upc_kernels *K, float *S, float *lse, int n, int T)
 {
-    TIMED(PK_ATTN_SOFTMAX_FWD, 0, attn_softmax_fwd(IN, S, lse, n, T));
+    TIMED(PK_attn_softmax_fwd, 0, attn_softmax_fwd(IN, S, lse, n, T));
 }
 
 static void p_attn_softmax_bwd(const upc_kernels *K, const float *P, float *dP, int n, int T, float scale)
 {
-    TIMED(PK_ATTN_SOFTMAX_BWD, 0, attn_softmax_bwd(IN, P, dP, n, T, scale));
+    TIMED(PK_attn_softmax_bwd, 0, attn_softmax_bwd(IN, P, dP, n, T, scale));
 }
 
 static void p_kv_cache_write(const upc_kernels *K, const float *k, const float *v, const int32_t *slots, int rows,
                              int Hkv, int hd, float *kcache, float *vcache)
 {
-    TIMED(PK_KV_CACHE_WRITE, 0, kv_cache_write(IN, k, v, slots, rows, Hkv, hd, kcache, vcache));
+    TIMED(PK_kv_cache_write, 0, kv_cache_write(IN, k, v, slots, rows, Hkv, hd, kcache, vcache));
 }
 
 static void p_paged_attention(const upc_kernels *K, const float *q, const float *kcache, const float *vcache,
                               const int32_t *block_table, int max_blocks, int block_size, const int32_t *row_seq,
                               const int32_t *row_pos, int rows, int Hq, int Hkv, int hd, float *out)
 {
-    TIMED(PK_PAGED_ATTENTION, 0,
+    TIMED(PK_paged_attention, 0,
           paged_attention(IN, q, kcache, vcache, block_table, max_blocks, block_size, row_seq, row_pos, rows, Hq, Hkv,
                           hd, out));
 }
 
 static void p_swiglu_fwd(const upc_kernels *K, const float *gate, const float *up, float *out, size_t n)
 {
-    TIMED(PK_SWIGLU_FWD, 0, swiglu_fwd(IN, gate, up, out, n));
+    TIMED(PK_swiglu_fwd, 0, swiglu_fwd(IN, gate, up, out, n));
 }
 
 static void p_swiglu_bwd(const upc_kernels *K, const float *gate, const float *up, const float *dout, float *dgate,
                          float *dup, size_t n)
 {
-    TIMED(PK_SWIGLU_BWD, 0, swiglu_bwd(IN, gate, up, dout, dgate, dup, n));
+    TIMED(PK_swiglu_bwd, 0, swiglu_bwd(IN, gate, up, dout, dgate, dup, n));
 }
 
 static void p_jitter_scale(const upc_kernels *K, float *x, size_t n, float eps, uint64_t key)
 {
-    TIMED(PK_JITTER_SCALE, 0, jitter_scale(IN, x, n, eps, key));
+    TIMED(PK_jitter_scale, 0, jitter_scale(IN, x, n, eps, key));
 }
 
 static void p_cross_entropy_fwd(const upc_kernels *K, const float *logits, const int32_t *targets, float *loss,
                                 float *lse, int rows, int V)
 {
-    TIMED(PK_CROSS_ENTROPY_FWD, 0, cross_entropy_fwd(IN, logits, targets, loss, lse, rows, V));
+    TIMED(PK_cross_entropy_fwd, 0, cross_entropy_fwd(IN, logits, targets, loss, lse, rows, V));
 }
 
 static void p_cross_entropy_bwd(const upc_kernels *K, const float *logits, const int32_t *targets, const float *lse,
                                 float *dlogits, int rows, int V, float scale)
 {
-    TIMED(PK_CROSS_ENTROPY_BWD, 0, cross_entropy_bwd(IN, logits, targets, lse, dlogits, rows, V, scale));
+    TIMED(PK_cross_entropy_bwd, 0, cross_entropy_bwd(IN, logits, targets, lse, dlogits, rows, V, scale));
 }
 
 static void p_router_fwd(const upc_kernels *K, const float *logits, float *probs, int32_t *topk_idx, float *topk_w,
                          int N, int E, int kk, int renorm)
 {
-    TIMED(PK_ROUTER_FWD, 0, router_fwd(IN, logits, probs, topk_idx, topk_w, N, E, kk, renorm));
+    TIMED(PK_router_fwd, 0, router_fwd(IN, logits, probs, topk_idx, topk_w, N, E, kk, renorm));
 }
 
 static void p_router_bwd(const upc_kernels *K, const float *probs, const int32_t *topk_idx, const float *topk_w,
                          const float *dtopk_w, float *dlogits, int N, int E, int kk, int renorm)
 {
-    TIMED(PK_ROUTER_BWD, 0, router_bwd(IN, probs, topk_idx, topk_w, dtopk_w, dlogits, N, E, kk, renorm));
+    TIMED(PK_router_bwd, 0, router_bwd(IN, probs, topk_idx, topk_w, dtopk_w, dlogits, N, E, kk, renorm));
 }
 
 static void p_moe_dispatch(const upc_kernels *K, const int32_t *topk_idx, int N, int kk, int E, int32_t *counts,
                            int32_t *offs, int32_t *perm, int32_t *pos)
 {
-    TIMED(PK_MOE_DISPATCH, 0, moe_dispatch(IN, topk_idx, N, kk, E, counts, offs, perm, pos));
+    TIMED(PK_moe_dispatch, 0, moe_dispatch(IN, topk_idx, N, kk, E, counts, offs, perm, pos));
 }
 
 static void p_moe_gather(const upc_kernels *K, const float *X, const int32_t *perm, int N, int kk, int d, float *Xs)
 {
-    TIMED(PK_MOE_GATHER, 0, moe_gather(IN, X, perm, N, kk, d, Xs));
+    TIMED(PK_moe_gather, 0, moe_gather(IN, X, perm, N, kk, d, Xs));
 }
 
 static void p_moe_gather_bwd(const upc_kernels *K, const float *dXs, const int32_t *pos, int N, int kk, int d,
                              float *dX)
 {
-    TIMED(PK_MOE_GATHER_BWD, 0, moe_gather_bwd(IN, dXs, pos, N, kk, d, dX));
+    TIMED(PK_moe_gather_bwd, 0, moe_gather_bwd(IN, dXs, pos, N, kk, d, dX));
 }
 
 static void p_moe_combine(const upc_kernels *K, const float *Ys, const int32_t *pos, const float *w, int N, int kk,
                           int d, float beta, float *out)
 {
-    TIMED(PK_MOE_COMBINE, 0, moe_combine(IN, Ys, pos, w, N, kk, d, beta, out));
+    TIMED(PK_moe_combine, 0, moe_combine(IN, Ys, pos, w, N, kk, d, beta, out));
 }
 
 static void p_moe_combine_bwd(const upc_kernels *K, const float *dout, const float *Ys, const int32_t *pos,
                               const float *w, int N, int kk, int d, float *dYs, float *dw)
 {
-    TIMED(PK_MOE_COMBINE_BWD, 0, moe_combine_bwd(IN, dout, Ys, pos, w, N, kk, d, dYs, dw));
+    TIMED(PK_moe_combine_bwd, 0, moe_combine_bwd(IN, dout, Ys, pos, w, N, kk, d, dYs, dw));
 }
 
 static void p_moe_capacity_drop(const upc_kernels *K, const int32_t *topk_idx, const int32_t *pos, const int32_t *offs,
                                 int N, int kk, int E, int capacity, float *x, int32_t *dropped)
 {
-    TIMED(PK_MOE_CAPACITY_DROP, 0, moe_capacity_drop(IN, topk_idx, pos, offs, N, kk, E, capacity, x, dropped));
+    TIMED(PK_moe_capacity_drop, 0, moe_capacity_drop(IN, topk_idx, pos, offs, N, kk, E, capacity, x, dropped));
 }
 
 static void p_moe_lb_loss_fwd(const upc_kernels *K, const float *probs, const int32_t *topk_idx, int N, int E, int kk,
                               float alpha, float *loss)
 {
-    TIMED(PK_MOE_LB_LOSS_FWD, 0, moe_lb_loss_fwd(IN, probs, topk_idx, N, E, kk, alpha, loss));
+    TIMED(PK_moe_lb_loss_fwd, 0, moe_lb_loss_fwd(IN, probs, topk_idx, N, E, kk, alpha, loss));
 }
 
 static void p_moe_lb_loss_bwd(const upc_kernels *K, const float *probs, const int32_t *topk_idx, int N, int E, int kk,
                               float alpha, float scale, float *dlogits)
 {
-    TIMED(PK_MOE_LB_LOSS_BWD, 0, moe_lb_loss_bwd(IN, probs, topk_idx, N, E, kk, alpha, scale, dlogits));
+    TIMED(PK_moe_lb_loss_bwd, 0, moe_lb_loss_bwd(IN, probs, topk_idx, N, E, kk, alpha, scale, dlogits));
 }
 
 static void p_moe_z_loss_fwd(const upc_kernels *K, const float *logits, int N, int E, float coef, float *loss)
 {
-    TIMED(PK_MOE_Z_LOSS_FWD, 0, moe_z_loss_fwd(IN, logits, N, E, coef, loss));
+    TIMED(PK_moe_z_loss_fwd, 0, moe_z_loss_fwd(IN, logits, N, E, coef, loss));
 }
 
 static void p_moe_z_loss_bwd(const upc_kernels *K, const float *logits, int N, int E, float coef, float scale,
                              float *dlogits)
 {
-    TIMED(PK_MOE_Z_LOSS_BWD, 0, moe_z_loss_bwd(IN, logits, N, E, coef, scale, dlogits));
+    TIMED(PK_moe_z_loss_bwd, 0, moe_z_loss_bwd(IN, logits, N, E, coef, scale, dlogits));
 }
 
 static void p_adamw_step(const upc_kernels *K, float *param, const float *grad, float *m, float *v, size_t n,
                          upc_optim_params hp)
 {
-    TIMED(PK_ADAMW_STEP, 0, adamw_step(IN, param, grad, m, v, n, hp));
+    TIMED(PK_adamw_step, 0, adamw_step(IN, param, grad, m, v, n, hp));
 }
 
 static void p_lion_step(const upc_kernels *K, float *param, const float *grad, float *m, size_t n, upc_optim_params hp)
 {
-    TIMED(PK_LION_STEP, 0, lion_step(IN, param, grad, m, n, hp));
+    TIMED(PK_lion_step, 0, lion_step(IN, param, grad, m, n, hp));
 }
 
 static void p_sum(const upc_kernels *K, const float *x, size_t n, float *out)
 {
-    TIMED(PK_SUM, 0, sum(IN, x, n, out));
+    TIMED(PK_sum, 0, sum(IN, x, n, out));
 }
 
 static void p_sumsq(const upc_kernels *K, const float *x, size_t n, float *out)
 {
-    TIMED(PK_SUMSQ, 0, sumsq(IN, x, n, out));
+    TIMED(PK_sumsq, 0, sumsq(IN, x, n, out));
 }
 
 static void p_scale(const upc_kernels *K, float *x, size_t n, float a)
 {
-    TIMED(PK_SCALE, 0, scale(IN, x, n, a));
+    TIMED(PK_scale, 0, scale(IN, x, n, a));
 }
 
 static void p_axpy(const upc_kernels *K, float *y, const float *x, size_t n, float a)
 {
-    TIMED(PK_AXPY, 0, axpy(IN, y, x, n, a));
+    TIMED(PK_axpy, 0, axpy(IN, y, x, n, a));
 }
 
 static void p_fill(const upc_kernels *K, float *x, size_t n, float value)
 {
-    TIMED(PK_FILL, 0, fill(IN, x, n, value));
+    TIMED(PK_fill, 0, fill(IN, x, n, value));
 }
 
 static void p_add(const upc_kernels *K, float *out, const float *a, const float *b, size_t n)
 {
-    TIMED(PK_ADD, 0, add(IN, out, a, b, n));
+    TIMED(PK_add, 0, add(IN, out, a, b, n));
 }
 
 /* a kernel added to kernels.h without a wrapper here fails this assert */
