@@ -51,10 +51,9 @@ __attribute__((target("avx2"))) static void expf_avx2(float *x, size_t n)
 
 void cpu_expf_inplace(float *x, size_t n)
 {
-    static int avx2 = -1;   /* decided once: every call of a process uses the same variant */
-    if (avx2 < 0)
-        avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
-    if (avx2)
+    /* the same answer for every call of a process (a load of libgcc's CPU
+     * model, set up before main), so threads need no cached flag */
+    if (__builtin_cpu_supports("avx2"))
         expf_avx2(x, n);
     else
         expf_sse2(x, n);
